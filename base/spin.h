@@ -1,0 +1,50 @@
+// Waiting helpers for spin loops: a CPU pause, and a bounded wait that yields the core after a
+// while (a 2-core machine runs more threads than cores; pure spinning would starve the holder)
+// and reports when its deadline has passed, so no loop spins silently forever (DESIGN 3.1).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <thread>
+
+namespace nrx {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// One waiter's state. `pause()` spins briefly, then yields; `expired()` is true once |timeout|
+// (zero: never) has passed since construction. The clock is read only every 64 pauses.
+class SpinWait {
+ public:
+  explicit SpinWait(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::zero())
+      : timeout_(timeout), start_(timeout.count() > 0 ? Clock::now() : Clock::time_point{}) {}
+
+  void pause() {
+    if (++spins_ < kSpinsBeforeYield) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+
+  bool expired() {
+    if (timeout_.count() <= 0 || (spins_ & 63) != 0) return false;
+    return Clock::now() - start_ >= timeout_;
+  }
+
+  uint64_t spins() const { return spins_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr uint64_t kSpinsBeforeYield = 256;
+  std::chrono::nanoseconds timeout_;
+  Clock::time_point start_;
+  uint64_t spins_ = 0;
+};
+
+}  // namespace nrx

@@ -1,0 +1,292 @@
+// nrx::nr::Replica<D>: one node-local replica of a sequential data structure D, kept consistent
+// with the other replicas through a shared operation log (node replication: Calciu et al.,
+// "Black-box Concurrent Data Structures for NUMA Architectures", ASPLOS'17; NrOS, OSDI'21).
+//
+// Algorithm
+// - Writes (execute_mut) go through flat combining: the thread posts its op in its own context
+//   slot and tries the replica's combiner lock. The winner (the combiner) collects up to kMaxBatch
+//   posted ops, appends them to the log with ONE reservation, applies the log up to the tail under
+//   the writer lock (its own ops and everybody else's, in log order) and hands each poster its
+//   response. Losers spin on their own slot, not on a shared line.
+// - Reads (execute) snapshot the log's ctail, make sure this replica has applied at least that far
+//   (catching up as combiner if nobody else is), then run against the local copy under the
+//   distributed readers-writer lock. A read therefore sees every write that completed before it
+//   started, anywhere: that is what makes the replicated structure linearizable.
+// - When the log is full, the append path applies this replica's own entries and calls the log's
+//   lagging-replica hook for the replica holding the head back; the hook's owner nudges it, e.g.
+//   with try_sync() from another thread (the kernel sends a message to one of its cores).
+//
+// Invariants
+// - data_ changes only while the combiner lock AND the writer lock are held, and only by applying
+//   log entries in index order: replicas that applied the same prefix are equal.
+// - A context slot is written by its owner thread while kEmpty, by the combiner while kPending.
+//
+// Thread safety: every public method is safe from any registered thread; a ThreadToken must be
+// used by one thread at a time. A replica must outlive every thread using it.
+//
+//   auto log = logs::RingLog::create({.entry_size = 32}).value();
+//   auto replica = nr::Replica<HashMap>::create(*log).value();
+//   auto token = replica->register_thread().value();
+//   replica->execute_mut({HashMap::WriteOp::kPut, 1, 42}, token).value();
+//   std::optional<uint64_t> v = replica->execute({HashMap::ReadOp::kGet, 1}, token);
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "base/cacheline.h"
+#include "base/spin.h"
+#include "base/status.h"
+#include "base/thread_annotations.h"
+#include "kernel/nr/dispatch.h"
+#include "kernel/nr/rwlock.h"
+#include "kernel/nr/typed_log.h"
+#include "logs/log.h"
+
+namespace nrx::nr {
+
+// A registered thread's handle on its replica: its context slot and reader flag.
+struct ThreadToken {
+  uint32_t tid = UINT32_MAX;
+  const void* replica = nullptr;  // which replica issued it (checked in debug builds)
+};
+
+struct ReplicaOptions {
+  uint32_t max_threads = 64;  // threads that may register with this replica
+};
+
+template <Dispatch D>
+class Replica {
+ public:
+  using ReadOp = typename D::ReadOp;
+  using WriteOp = typename D::WriteOp;
+  using Response = typename D::Response;
+
+  // Most ops one combiner round appends with one reservation.
+  static constexpr uint32_t kMaxBatch = 32;
+
+  // Registers a new replica of |initial| with |log|.
+  // Errors: kInvalidArgument (WriteOp does not fit the log's entries, max_threads 0),
+  // kResourceExhausted (the log has no replica id left).
+  static Result<std::unique_ptr<Replica>> create(logs::Log& log, D initial = D{}, ReplicaOptions options = {}) {
+    NRX_RETURN_IF_ERROR(Log<WriteOp>::check_fits(log));
+    if (options.max_threads == 0) return Status::invalid_argument("a replica needs max_threads >= 1");
+    NRX_ASSIGN_OR_RETURN(logs::ReplicaId id, log.register_replica());
+    return std::unique_ptr<Replica>(new Replica(log, id, std::move(initial), options));
+  }
+
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
+  logs::ReplicaId id() const { return id_; }
+  logs::Log& log() const { return log_.bytes(); }
+
+  // Errors: kResourceExhausted when max_threads threads are registered.
+  Result<ThreadToken> register_thread() {
+    uint32_t n = num_threads_.load(std::memory_order_relaxed);
+    do {
+      if (n >= options_.max_threads) {
+        return Status::resource_exhausted("replica " + std::to_string(id_) + " already has its " +
+                                          std::to_string(options_.max_threads) + " threads");
+      }
+      // release: a combiner that counts this slot sees it constructed (kEmpty).
+    } while (!num_threads_.compare_exchange_weak(n, n + 1, std::memory_order_release, std::memory_order_relaxed));
+    return ThreadToken{n, this};
+  }
+
+  // Executes a read-only op on this replica, after syncing it to the log's ctail.
+  Response execute(const ReadOp& op, ThreadToken token) NRX_EXCLUDES(combiner_, rwlock_) {
+    check_token(token);
+    const logs::LogIndex ctail = log_.bytes().ctail();
+    SpinWait wait;
+    while (!log_.bytes().is_synced_for_reads(id_, ctail)) {
+      if (combiner_.try_lock()) {
+        exec_locked();
+        combiner_.unlock();
+        break;
+      }
+      wait.pause();  // a combiner is applying the log right now
+    }
+    rwlock_.lock_shared(token.tid);
+    Response r = data_.dispatch(op);
+    rwlock_.unlock_shared(token.tid);
+    return r;
+  }
+
+  // Executes a mutating op through the log; returns its response once this replica applied it.
+  // Errors: whatever the log's append returned for the batch that carried |op|, typically
+  // kDeadlineExceeded (the log stayed full; the op was not executed anywhere).
+  Result<Response> execute_mut(const WriteOp& op, ThreadToken token) NRX_EXCLUDES(combiner_, rwlock_) {
+    check_token(token);
+    Context& ctx = contexts_[token.tid];
+    ctx.op = op;
+    // release: the op is written before a combiner sees it pending.
+    ctx.state.store(kPending, std::memory_order_release);
+    SpinWait wait;
+    uint32_t state;
+    // acquire: pairs with the combiner's release of kDone/kFailed; the response is visible.
+    while ((state = ctx.state.load(std::memory_order_acquire)) == kPending) {
+      if (combiner_.try_lock()) {
+        combine_locked();
+        combiner_.unlock();
+        continue;
+      }
+      wait.pause();
+    }
+    ctx.state.store(kEmpty, std::memory_order_relaxed);  // only we touch the slot while kEmpty
+    if (state == kFailed) return std::move(ctx.error);
+    return std::move(ctx.response);
+  }
+
+  // Applies everything in the log up to its current tail to this replica; waits for the combiner.
+  void sync() NRX_EXCLUDES(combiner_, rwlock_) {
+    combiner_.lock();
+    exec_locked();
+    combiner_.unlock();
+  }
+
+  // Like sync(), but returns false at once if another thread is combining (it will apply the log
+  // anyway). Safe to call from any thread, also from a lagging-replica hook running on another
+  // replica's combiner: it never blocks, so replicas nudging each other cannot deadlock.
+  bool try_sync() NRX_EXCLUDES(combiner_, rwlock_) {
+    if (!combiner_.try_lock()) return false;
+    exec_locked();
+    combiner_.unlock();
+    return true;
+  }
+
+  // Runs |f(const D&)| on the local copy under the reader lock, without syncing first. For
+  // digests and statistics after a sync(); not linearizable on its own.
+  template <typename F>
+  auto inspect(ThreadToken token, F&& f) NRX_EXCLUDES(rwlock_) {
+    check_token(token);
+    rwlock_.lock_shared(token.tid);
+    auto r = f(static_cast<const D&>(data_));
+    rwlock_.unlock_shared(token.tid);
+    return r;
+  }
+
+  // Statistics (relaxed counters).
+  uint64_t combined_batches() const { return batches_.load(std::memory_order_relaxed); }
+  uint64_t combined_ops() const { return combined_ops_.load(std::memory_order_relaxed); }
+  uint64_t skipped_entries() const { return log_.skipped_entries(); }
+
+ private:
+  enum : uint32_t { kEmpty = 0, kPending = 1, kDone = 2, kFailed = 3 };
+
+  // One thread's flat-combining slot, on its own lines.
+  struct alignas(kInterferenceSize) Context {
+    std::atomic<uint32_t> state{kEmpty};
+    WriteOp op;
+    Response response{};
+    Status error;
+  };
+
+  Replica(logs::Log& log, logs::ReplicaId id, D initial, ReplicaOptions options)
+      : log_(log),
+        id_(id),
+        options_(options),
+        contexts_(new Context[options.max_threads]),
+        rwlock_(options.max_threads),
+        data_(std::move(initial)) {}
+
+  void check_token(ThreadToken token) const {
+    NRX_CHECK(token.tid < options_.max_threads, "thread token out of range");
+    NRX_DCHECK(token.replica == this, "thread token of another replica");
+  }
+
+  // Collects up to kMaxBatch posted ops, appends them with one reservation and applies the log.
+  void combine_locked() NRX_REQUIRES(combiner_) NRX_EXCLUDES(rwlock_) {
+    std::array<const WriteOp*, kMaxBatch> ops;
+    uint32_t n = 0;
+    const uint32_t threads = num_threads_.load(std::memory_order_acquire);
+    for (uint32_t t = 0; t < threads && n < kMaxBatch; ++t) {
+      // Round-robin start so that with more than kMaxBatch posters nobody waits forever.
+      const uint32_t slot = (scan_start_ + t) % threads;
+      // acquire: pairs with the poster's release; its op is readable.
+      if (contexts_[slot].state.load(std::memory_order_acquire) == kPending) {
+        ops[n] = &contexts_[slot].op;
+        batch_tids_[n] = slot;
+        ++n;
+      }
+    }
+    if (threads != 0) scan_start_ = (scan_start_ + 1) % threads;
+    if (n == 0) {
+      exec_locked();
+      return;
+    }
+    batch_count_ = 0;  // entries applied while append waits for space are never ours
+    auto appended = log_.append(id_, std::span<const WriteOp* const>(ops.data(), n),
+                                [this](logs::LogIndex i, logs::ReplicaId w, const WriteOp& op)
+                                    NRX_NO_THREAD_SAFETY_ANALYSIS {  // runs inside append, under our combiner
+                                      rwlock_.lock();
+                                      apply_locked(i, w, op);
+                                      rwlock_.unlock();
+                                    });
+    if (!appended.ok()) {
+      for (uint32_t k = 0; k < n; ++k) {
+        Context& c = contexts_[batch_tids_[k]];
+        c.error = appended.status();
+        // release: the error is visible before the poster sees kFailed.
+        c.state.store(kFailed, std::memory_order_release);
+      }
+      return;
+    }
+    batch_first_ = *appended;
+    batch_count_ = n;
+    exec_locked();
+    batches_.fetch_add(1, std::memory_order_relaxed);
+    combined_ops_.fetch_add(n, std::memory_order_relaxed);
+    for (uint32_t k = 0; k < n; ++k) {
+      // release: the response written by apply_locked is visible before the poster sees kDone.
+      contexts_[batch_tids_[k]].state.store(kDone, std::memory_order_release);
+    }
+    batch_count_ = 0;
+  }
+
+  // Applies the log up to its tail under the writer lock.
+  void exec_locked() NRX_REQUIRES(combiner_) NRX_EXCLUDES(rwlock_) {
+    rwlock_.lock();
+    auto done = log_.exec(id_, [this](logs::LogIndex i, logs::ReplicaId w, const WriteOp& op)
+                                   NRX_NO_THREAD_SAFETY_ANALYSIS {  // runs inside exec, under both locks
+                                     apply_locked(i, w, op);
+                                   });
+    rwlock_.unlock();
+    // exec fails only for an unregistered replica, and this one registered in create().
+    NRX_CHECK(done.ok(), "replica is not registered with its log");
+  }
+
+  void apply_locked(logs::LogIndex index, logs::ReplicaId writer, const WriteOp& op)
+      NRX_REQUIRES(combiner_, rwlock_) {
+    Response r = data_.dispatch_mut(op);
+    if (writer == id_ && index >= batch_first_ && index - batch_first_ < batch_count_) {
+      contexts_[batch_tids_[index - batch_first_]].response = std::move(r);
+    }
+  }
+
+  Log<WriteOp> log_;
+  const logs::ReplicaId id_;
+  const ReplicaOptions options_;
+  std::unique_ptr<Context[]> contexts_;
+  std::atomic<uint32_t> num_threads_{0};
+
+  CombinerLock combiner_;
+  // The batch being combined: its first log index and the contexts its entries answer.
+  logs::LogIndex batch_first_ NRX_GUARDED_BY(combiner_) = 0;
+  uint32_t batch_count_ NRX_GUARDED_BY(combiner_) = 0;
+  std::array<uint32_t, kMaxBatch> batch_tids_ NRX_GUARDED_BY(combiner_){};
+  uint32_t scan_start_ NRX_GUARDED_BY(combiner_) = 0;
+
+  DistributedRwLock rwlock_;
+  D data_ NRX_GUARDED_BY(rwlock_);
+
+  std::atomic<uint64_t> batches_{0};
+  std::atomic<uint64_t> combined_ops_{0};
+};
+
+}  // namespace nrx::nr

@@ -1,0 +1,46 @@
+// nrx: the one command-line entry point (DESIGN 1, tools/). Subcommands grow with the kernel:
+// boot now; sweep, cluster, controller and node come with their issues.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace nrx::tools {
+int run_boot(const std::vector<std::string>& args);
+}  // namespace nrx::tools
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: nrx <command> [options]\n"
+    "\n"
+    "nrx: a node-replicated kernel (NrOS-style NR) from one NUMA box to a rack.\n"
+    "\n"
+    "commands:\n"
+    "  boot        boot the kernel on this machine's NUMA topology and run the demo workload\n"
+    "  help        show this help, or `nrx help <command>` for a command's options\n"
+    "\n"
+    "Run `nrx <command> --help` for the options of a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "help") {
+    if (args.empty()) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    command = args[0];
+    args = {"--help"};
+  }
+  if (command == "boot") return nrx::tools::run_boot(args);
+  std::fprintf(stderr, "nrx: unknown command '%s' (see 'nrx --help')\n", command.c_str());
+  return 2;
+}
