@@ -3,6 +3,7 @@
 // and reports when its deadline has passed, so no loop spins silently forever (DESIGN 3.1).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <thread>
@@ -17,18 +18,24 @@ inline void cpu_relax() {
 #endif
 }
 
-// One waiter's state. `pause()` spins briefly, then yields; `expired()` is true once |timeout|
-// (zero: never) has passed since construction. The clock is read only every 64 pauses.
+// One waiter's state. `pause()` spins briefly, then yields, then sleeps in short, growing naps
+// (up to 64 us): with more threads than cores, the thread we wait for (an appender preempted
+// between reserving and publishing its slot) needs our core more than we do. `expired()` is true
+// once |timeout| (zero: never) has passed since construction; the clock is read every 64 pauses.
 class SpinWait {
  public:
   explicit SpinWait(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::zero())
       : timeout_(timeout), start_(timeout.count() > 0 ? Clock::now() : Clock::time_point{}) {}
 
   void pause() {
-    if (++spins_ < kSpinsBeforeYield) {
+    ++spins_;
+    if (spins_ < kSpinsBeforeYield) {
       cpu_relax();
-    } else {
+    } else if (spins_ < kSpinsBeforeSleep) {
       std::this_thread::yield();
+    } else {
+      const uint64_t shift = std::min<uint64_t>((spins_ - kSpinsBeforeSleep) / 16, 6);
+      std::this_thread::sleep_for(std::chrono::microseconds(1u << shift));
     }
   }
 
@@ -42,6 +49,7 @@ class SpinWait {
  private:
   using Clock = std::chrono::steady_clock;
   static constexpr uint64_t kSpinsBeforeYield = 256;
+  static constexpr uint64_t kSpinsBeforeSleep = 512;
   std::chrono::nanoseconds timeout_;
   Clock::time_point start_;
   uint64_t spins_ = 0;

@@ -171,6 +171,14 @@ class Replica {
     return r;
   }
 
+  // Ops posted and not yet answered, right now (a racy snapshot, for tests and statistics).
+  uint32_t posted_ops() const {
+    uint32_t n = 0;
+    const uint32_t threads = num_threads_.load(std::memory_order_acquire);
+    for (uint32_t t = 0; t < threads; ++t) n += contexts_[t].state.load(std::memory_order_relaxed) == kPending;
+    return n;
+  }
+
   // Statistics (relaxed counters).
   uint64_t combined_batches() const { return batches_.load(std::memory_order_relaxed); }
   uint64_t combined_ops() const { return combined_ops_.load(std::memory_order_relaxed); }

@@ -34,6 +34,8 @@ class NRX_CAPABILITY("rwlock") DistributedRwLock {
   explicit DistributedRwLock(uint32_t max_readers) : max_readers_(max_readers), readers_(new ReaderFlag[max_readers]) {}
 
   uint32_t max_readers() const { return max_readers_; }
+  // True while a writer holds the lock or waits for readers to leave (a snapshot, for tests).
+  bool writer_active() const { return writer_.load(std::memory_order_relaxed); }
 
   void lock() NRX_ACQUIRE() {
     SpinWait wait;
