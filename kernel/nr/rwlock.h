@@ -83,7 +83,7 @@ class NRX_CAPABILITY("rwlock") DistributedRwLock {
 // The replica's combiner lock: a test-and-test-and-set word on its own line. Threads only ever
 // try_lock it (a thread that fails waits for its op to be done instead, which is the point of
 // flat combining).
-class NRX_CAPABILITY("mutex") CombinerLock {
+class NRX_CAPABILITY("mutex") alignas(kInterferenceSize) CombinerLock {
  public:
   // acquire: the previous combiner's replica updates and context writes happen before ours.
   bool try_lock() NRX_TRY_ACQUIRE(true) {
@@ -98,8 +98,8 @@ class NRX_CAPABILITY("mutex") CombinerLock {
   bool is_locked() const { return held_.load(std::memory_order_relaxed); }
 
  private:
-  alignas(kInterferenceSize) std::atomic<bool> held_{false};
-  char pad_[kInterferenceSize - sizeof(std::atomic<bool>)];
+  std::atomic<bool> held_{false};
 };
+static_assert(sizeof(CombinerLock) == kInterferenceSize);
 
 }  // namespace nrx::nr

@@ -89,7 +89,7 @@ RingLog::RingLog(LogOptions options, size_t stride, std::byte* slots, size_t slo
   for (uint64_t i = 0; i < options_.slot_count; ++i) {
     new (slots_ + i * stride_) SlotHeader{};
   }
-  std::lock_guard lock(payload_mu_);
+  MutexLock lock(payload_mu_);
   payload_free_.reserve(options_.payload_slots);
   for (uint32_t i = options_.payload_slots; i > 0; --i) payload_free_.push_back(i - 1);
 }
@@ -97,7 +97,7 @@ RingLog::RingLog(LogOptions options, size_t stride, std::byte* slots, size_t slo
 RingLog::~RingLog() { free_slots(slots_, slots_bytes_); }
 
 Result<ReplicaId> RingLog::register_replica() {
-  std::lock_guard lock(payload_mu_);  // registration is rare; reuse the set-up mutex
+  MutexLock lock(payload_mu_);
   const uint32_t id = num_replicas_.load(std::memory_order_relaxed);
   if (id >= options_.max_replicas) {
     return Status::resource_exhausted("log " + std::to_string(options_.log_id) + " already has its " +
@@ -253,7 +253,7 @@ Result<PayloadRef> RingLog::payload_put(std::span<const std::byte> data) {
 
   uint32_t where;
   {
-    std::lock_guard lock(payload_mu_);
+    MutexLock lock(payload_mu_);
     if (payload_free_.empty()) {
       return Status::resource_exhausted("all " + std::to_string(options_.payload_slots) + " payload slots are live");
     }
@@ -302,7 +302,7 @@ Status RingLog::payload_release(ReplicaId replica, PayloadRef ref) {
     // release: a holder of the old generation sees the change before the slot is reused.
     p.generation.fetch_add(1, std::memory_order_release);
     payloads_live_.fetch_sub(1, std::memory_order_relaxed);
-    std::lock_guard lock(payload_mu_);
+    MutexLock lock(payload_mu_);
     payload_free_.push_back(static_cast<uint32_t>(ref.where));
   }
   return ok_status();

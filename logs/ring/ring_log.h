@@ -18,10 +18,10 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "base/cacheline.h"
+#include "base/mutex.h"
 #include "base/thread_annotations.h"
 #include "logs/log.h"
 
@@ -102,7 +102,7 @@ class RingLog final : public Log {
   std::unique_ptr<PaddedIndex[]> ltails_;
   std::atomic<uint32_t> num_replicas_{0};
 
-  std::mutex payload_mu_;
+  Mutex payload_mu_;  // also serialises register_replica (a set-up step)
   std::vector<uint32_t> payload_free_ NRX_GUARDED_BY(payload_mu_);
   std::unique_ptr<PayloadSlot[]> payloads_;
   std::atomic<uint64_t> payloads_live_{0};
