@@ -24,8 +24,8 @@ inline void cpu_relax() {
 // once |timeout| (zero: never) has passed since construction; the clock is read every 64 pauses.
 class SpinWait {
  public:
-  explicit SpinWait(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::zero())
-      : timeout_(timeout), start_(timeout.count() > 0 ? Clock::now() : Clock::time_point{}) {}
+  // Reads no clock: constructing one on a path that usually does not wait costs nothing.
+  explicit SpinWait(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::zero()) : timeout_(timeout) {}
 
   void pause() {
     ++spins_;
@@ -39,9 +39,16 @@ class SpinWait {
     }
   }
 
+  // The deadline runs from the first call (the first time the caller actually waits).
   bool expired() {
     if (timeout_.count() <= 0 || (spins_ & 63) != 0) return false;
-    return Clock::now() - start_ >= timeout_;
+    const Clock::time_point now = Clock::now();
+    if (!started_) {
+      start_ = now;
+      started_ = true;
+      return false;
+    }
+    return now - start_ >= timeout_;
   }
 
   uint64_t spins() const { return spins_; }
@@ -51,7 +58,8 @@ class SpinWait {
   static constexpr uint64_t kSpinsBeforeYield = 256;
   static constexpr uint64_t kSpinsBeforeSleep = 512;
   std::chrono::nanoseconds timeout_;
-  Clock::time_point start_;
+  Clock::time_point start_{};
+  bool started_ = false;
   uint64_t spins_ = 0;
 };
 

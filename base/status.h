@@ -137,16 +137,17 @@ class [[nodiscard]] Result {
 }  // namespace nrx
 
 // Returns the status of |expr| from the enclosing function when it is not OK.
-#define NRX_RETURN_IF_ERROR(expr)                  \
-  do {                                             \
-    if (::nrx::Status nrx_status_ = (expr); !nrx_status_.ok()) return nrx_status_; \
+// Variadic so that template arguments with commas need no extra parentheses.
+#define NRX_RETURN_IF_ERROR(...)                                                          \
+  do {                                                                                    \
+    if (::nrx::Status nrx_status_ = (__VA_ARGS__); !nrx_status_.ok()) return nrx_status_; \
   } while (0)
 
 #define NRX_CONCAT_INNER_(a, b) a##b
 #define NRX_CONCAT_(a, b) NRX_CONCAT_INNER_(a, b)
 // NRX_ASSIGN_OR_RETURN(auto x, make()) : declares x from a Result or returns its status.
-#define NRX_ASSIGN_OR_RETURN(decl, expr)                                  \
-  auto NRX_CONCAT_(nrx_result_, __LINE__) = (expr);                       \
+#define NRX_ASSIGN_OR_RETURN(decl, ...)                                   \
+  auto NRX_CONCAT_(nrx_result_, __LINE__) = (__VA_ARGS__);                \
   if (!NRX_CONCAT_(nrx_result_, __LINE__).ok())                           \
     return NRX_CONCAT_(nrx_result_, __LINE__).status();                   \
   decl = std::move(NRX_CONCAT_(nrx_result_, __LINE__)).value()

@@ -23,11 +23,16 @@ function(_nrx_target_settings target visibility)
   endif()
 endfunction()
 
-# nrx_cc_library(NAME name ALIAS nrx::alias [SRCS ...] [HDRS ...] [DEPS ...])
-# Without SRCS the library is header-only (INTERFACE).
+# nrx_cc_library(NAME name ALIAS nrx::alias [OBJECT] [SRCS ...] [HDRS ...] [DEPS ...])
+# Without SRCS the library is header-only (INTERFACE). OBJECT makes an object library, whose
+# objects always reach the binary (for TEST_P registrations nothing references by name).
 function(nrx_cc_library)
-  cmake_parse_arguments(A "" "NAME;ALIAS" "SRCS;HDRS;DEPS" ${ARGN})
-  if(A_SRCS)
+  cmake_parse_arguments(A "OBJECT" "NAME;ALIAS" "SRCS;HDRS;DEPS" ${ARGN})
+  if(A_OBJECT)
+    add_library(${A_NAME} OBJECT ${A_SRCS} ${A_HDRS})
+    _nrx_target_settings(${A_NAME} PUBLIC)
+    target_link_libraries(${A_NAME} PUBLIC ${A_DEPS})
+  elseif(A_SRCS)
     add_library(${A_NAME} STATIC ${A_SRCS} ${A_HDRS})
     _nrx_target_settings(${A_NAME} PUBLIC)
     target_link_libraries(${A_NAME} PUBLIC ${A_DEPS})

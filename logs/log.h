@@ -100,9 +100,10 @@ class Log {
   virtual Result<ReplicaId> register_replica() = 0;
 
   // Reserves |batch.size()| consecutive indices in one atomic step, writes the entries and
-  // publishes them; returns the index of the first. While the log is full, applies this replica's
-  // pending entries through |apply_own| (the caller holds its replica's combiner), calls the
-  // lagging hook for the replica that holds back the head, and waits.
+  // publishes them; returns the index of the first. Only while the log is full does it apply this
+  // replica's pending entries through |apply_own| (the caller holds its replica's combiner), call
+  // the lagging hook for the replica that holds back the head, and wait. There is no slack: a log
+  // holds slot_count unapplied entries.
   // Errors: kInvalidArgument (empty batch, more entries than slots, an entry empty or longer than
   // entry_size); kNotFound (|replica| not registered); kDeadlineExceeded (full beyond
   // full_timeout: nothing was appended).
@@ -111,6 +112,9 @@ class Log {
   // Applies, in index order, every entry from ltail(replica) up to the tail observed at the call,
   // waiting for entries that are reserved but not yet published; then advances ltail and raises
   // ctail. Returns the new ltail. Errors: kNotFound (|replica| not registered).
+  // The wait for an unpublished entry has no timeout: in one process an appender publishes right
+  // after reserving; across machines the cluster fences a dead appender by filling its slots with
+  // no-op entries (DESIGN 5), which ends the wait.
   virtual Result<LogIndex> exec(ReplicaId replica, EntryVisitor visitor) = 0;
 
   virtual LogIndex tail() const = 0;   // next index to reserve
@@ -122,13 +126,16 @@ class Log {
   virtual bool is_synced_for_reads(ReplicaId replica, LogIndex ctail) const = 0;
 
   // Copies |data| into the payload area; the reference stays valid until every replica
-  // registered now has released it once. Errors: kInvalidArgument (empty),
+  // registered now has released it once (a replica registered later does not hold it).
+  // Errors: kInvalidArgument (empty), kFailedPrecondition (no replica registered),
   // kResourceExhausted (no free payload slot or memory).
   virtual Result<PayloadRef> payload_put(std::span<const std::byte> data) = 0;
   // The bytes behind |ref|, valid until |replica| releases it. Errors: kNotFound (stale or bad ref).
   virtual Result<std::span<const std::byte>> payload_get(PayloadRef ref) const = 0;
   // |replica| is done with |ref|; the last release frees it. Errors: kNotFound (stale or bad ref,
-  // or unregistered replica), kFailedPrecondition (|replica| already released it).
+  // or unregistered replica), kFailedPrecondition (|replica| already released it, or did not hold
+  // it). Each holder releases exactly once: a second release racing with the free and reuse of
+  // the same slot is outside the contract (ring then cannot tell the old payload from the new).
   virtual Status payload_release(ReplicaId replica, PayloadRef ref) = 0;
   // Payloads allocated and not yet released by everyone (for tests and statistics).
   virtual uint64_t payloads_live() const = 0;

@@ -21,11 +21,16 @@
 //   log entries in index order: replicas that applied the same prefix are equal.
 // - A context slot is written by its owner thread while kEmpty, by the combiner while kPending.
 //
+// L is the log backend type: logs::Log for any backend chosen at run time, or a final backend class
+// (logs::RingLog) so that the per-op calls (ctail, is_synced_for_reads) bind statically and
+// inline. Backends are picked once, at boot; the choice is a template argument, not a virtual
+// call per operation (DESIGN 3.4).
+//
 // Thread safety: every public method is safe from any registered thread; a ThreadToken must be
 // used by one thread at a time. A replica must outlive every thread using it.
 //
 //   auto log = logs::RingLog::create({.entry_size = 32}).value();
-//   auto replica = nr::Replica<HashMap>::create(*log).value();
+//   auto replica = nr::Replica<HashMap, logs::RingLog>::create(*log).value();
 //   auto token = replica->register_thread().value();
 //   replica->execute_mut({HashMap::WriteOp::kPut, 1, 42}, token).value();
 //   std::optional<uint64_t> v = replica->execute({HashMap::ReadOp::kGet, 1}, token);
@@ -60,7 +65,7 @@ struct ReplicaOptions {
   uint32_t max_threads = 64;  // threads that may register with this replica
 };
 
-template <Dispatch D>
+template <Dispatch D, typename L = logs::Log>
 class Replica {
  public:
   using ReadOp = typename D::ReadOp;
@@ -73,8 +78,8 @@ class Replica {
   // Registers a new replica of |initial| with |log|.
   // Errors: kInvalidArgument (WriteOp does not fit the log's entries, max_threads 0),
   // kResourceExhausted (the log has no replica id left).
-  static Result<std::unique_ptr<Replica>> create(logs::Log& log, D initial = D{}, ReplicaOptions options = {}) {
-    NRX_RETURN_IF_ERROR(Log<WriteOp>::check_fits(log));
+  static Result<std::unique_ptr<Replica>> create(L& log, D initial = D{}, ReplicaOptions options = {}) {
+    NRX_RETURN_IF_ERROR(Log<WriteOp, L>::check_fits(log));
     if (options.max_threads == 0) return Status::invalid_argument("a replica needs max_threads >= 1");
     NRX_ASSIGN_OR_RETURN(logs::ReplicaId id, log.register_replica());
     return std::unique_ptr<Replica>(new Replica(log, id, std::move(initial), options));
@@ -84,7 +89,7 @@ class Replica {
   Replica& operator=(const Replica&) = delete;
 
   logs::ReplicaId id() const { return id_; }
-  logs::Log& log() const { return log_.bytes(); }
+  L& log() const { return log_.bytes(); }
 
   // Errors: kResourceExhausted when max_threads threads are registered.
   Result<ThreadToken> register_thread() {
@@ -96,6 +101,7 @@ class Replica {
       }
       // release: a combiner that counts this slot sees it constructed (kEmpty).
     } while (!num_threads_.compare_exchange_weak(n, n + 1, std::memory_order_release, std::memory_order_relaxed));
+    rwlock_.activate_reader(n);
     return ThreadToken{n, this};
   }
 
@@ -112,10 +118,8 @@ class Replica {
       }
       wait.pause();  // a combiner is applying the log right now
     }
-    rwlock_.lock_shared(token.tid);
-    Response r = data_.dispatch(op);
-    rwlock_.unlock_shared(token.tid);
-    return r;
+    SharedLockGuard reader(rwlock_, token.tid);
+    return data_.dispatch(op);
   }
 
   // Executes a mutating op through the log; returns its response once this replica applied it.
@@ -195,7 +199,7 @@ class Replica {
     Status error;
   };
 
-  Replica(logs::Log& log, logs::ReplicaId id, D initial, ReplicaOptions options)
+  Replica(L& log, logs::ReplicaId id, D initial, ReplicaOptions options)
       : log_(log),
         id_(id),
         options_(options),
@@ -277,7 +281,7 @@ class Replica {
     }
   }
 
-  Log<WriteOp> log_;
+  Log<WriteOp, L> log_;
   const logs::ReplicaId id_;
   const ReplicaOptions options_;
   std::unique_ptr<Context[]> contexts_;

@@ -10,8 +10,11 @@
 // stores its flag then loads the reader flags. Those store->load pairs need seq_cst; everything
 // else is acquire/release.
 //
-// Thread safety: lock_shared(i)/unlock_shared(i) only from the thread that owns reader slot i;
-// lock/unlock from any one thread at a time (the combiner).
+// The writer scans only the slots handed out so far (activate_reader), not max_readers: a
+// replica sized for 64 threads but used by 2 pays for 2 flags per write.
+//
+// Thread safety: lock_shared(i)/unlock_shared(i) only from the thread that owns reader slot i,
+// after activate_reader(i) returned; lock/unlock from any one thread at a time (the combiner).
 //
 //   DistributedRwLock lock(/*max_readers=*/8);
 //   lock.lock_shared(3);  read();  lock.unlock_shared(3);
@@ -37,11 +40,23 @@ class NRX_CAPABILITY("rwlock") DistributedRwLock {
   // True while a writer holds the lock or waits for readers to leave (a snapshot, for tests).
   bool writer_active() const { return writer_.load(std::memory_order_relaxed); }
 
+  // Makes reader slot |reader| one the writer waits for. Call before its first lock_shared.
+  void activate_reader(uint32_t reader) {
+    NRX_CHECK(reader < max_readers_, "reader slot out of range");
+    uint32_t n = active_.load(std::memory_order_relaxed);
+    // seq_cst: ordered before this reader's seq_cst flag store, so a writer whose seq_cst load of
+    // active_ comes after that store in the total order counts the slot.
+    while (n <= reader && !active_.compare_exchange_weak(n, reader + 1, std::memory_order_seq_cst)) {
+    }
+  }
+
   void lock() NRX_ACQUIRE() {
     SpinWait wait;
     // seq_cst: the writer flag must be visible before we read the reader flags (Dekker).
     while (writer_.exchange(true, std::memory_order_seq_cst)) wait.pause();
-    for (uint32_t i = 0; i < max_readers_; ++i) {
+    // seq_cst: see activate_reader.
+    const uint32_t active = active_.load(std::memory_order_seq_cst);
+    for (uint32_t i = 0; i < active; ++i) {
       // seq_cst: the other half of the store->load pair with lock_shared.
       while (readers_[i].active.load(std::memory_order_seq_cst)) wait.pause();
     }
@@ -77,7 +92,24 @@ class NRX_CAPABILITY("rwlock") DistributedRwLock {
 
   const uint32_t max_readers_;
   alignas(kInterferenceSize) std::atomic<bool> writer_{false};
+  std::atomic<uint32_t> active_{0};  // slots 0..active_-1 may hold readers; read with writer_
   std::unique_ptr<ReaderFlag[]> readers_;
+};
+
+// Holds reader slot |reader| of |lock| for a scope. Lets a read return its result directly (no
+// named temporary, so the response is built in the caller's return slot).
+class NRX_SCOPED_CAPABILITY SharedLockGuard {
+ public:
+  SharedLockGuard(DistributedRwLock& lock, uint32_t reader) NRX_ACQUIRE_SHARED(lock) : lock_(lock), reader_(reader) {
+    lock_.lock_shared(reader_);
+  }
+  ~SharedLockGuard() NRX_RELEASE() { lock_.unlock_shared(reader_); }
+  SharedLockGuard(const SharedLockGuard&) = delete;
+  SharedLockGuard& operator=(const SharedLockGuard&) = delete;
+
+ private:
+  DistributedRwLock& lock_;
+  const uint32_t reader_;
 };
 
 // The replica's combiner lock: a test-and-test-and-set word on its own line. Threads only ever

@@ -6,6 +6,10 @@
 // build, is skipped and counted instead of being misread. Every replica skips the same entries,
 // so their states still agree.
 //
+// L is the backend type: logs::Log (any backend, one virtual call per batch and per accessor) or a
+// final backend class such as logs::RingLog, whose calls the compiler binds directly and inlines
+// (DESIGN 3.4: no virtual call per op on the hot path).
+//
 // Thread safety: as logs::Log (one combiner per replica calls append/exec for that replica).
 //
 //   nr::Log<Op> typed(bytes_log);                     // bytes_log.entry_size >= sizeof(Op)
@@ -26,8 +30,8 @@
 
 namespace nrx::nr {
 
-template <typename Op>
-  requires std::is_trivially_copyable_v<Op>
+template <typename Op, typename L = logs::Log>
+  requires std::is_trivially_copyable_v<Op> && std::is_base_of_v<logs::Log, L>
 class Log {
  public:
   static constexpr size_t kMaxBatch = 64;
@@ -42,9 +46,9 @@ class Log {
     return ok_status();
   }
 
-  explicit Log(logs::Log& log) : log_(log) {}
+  explicit Log(L& log) : log_(log) {}
 
-  logs::Log& bytes() const { return log_; }
+  L& bytes() const { return log_; }
   uint64_t skipped_entries() const { return skipped_.load(std::memory_order_relaxed); }
 
   // Appends |ops| (at most kMaxBatch) as one reservation; see logs::Log::append.
@@ -78,7 +82,7 @@ class Log {
     };
   }
 
-  logs::Log& log_;
+  L& log_;
   std::atomic<uint64_t> skipped_{0};
 };
 

@@ -137,12 +137,6 @@ Result<LogIndex> RingLog::ltail(ReplicaId replica) const {
   return ltails_[replica].value.load(std::memory_order_acquire);
 }
 
-bool RingLog::is_synced_for_reads(ReplicaId replica, LogIndex ctail) const {
-  // acquire: a reader that sees its ltail >= ctail reads a replica state that includes those ops
-  // (the replica's own RW lock orders the data; this keeps the index monotone for the reader).
-  return registered(replica) && ltails_[replica].value.load(std::memory_order_acquire) >= ctail;
-}
-
 Result<LogIndex> RingLog::append(ReplicaId replica, Batch batch, EntryVisitor apply_own) {
   if (!registered(replica)) return Status::not_found("replica " + std::to_string(replica) + " is not registered");
   const uint64_t n = batch.size();

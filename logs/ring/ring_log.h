@@ -44,7 +44,11 @@ class RingLog final : public Log {
   LogIndex ctail() const override { return ctail_.value.load(std::memory_order_acquire); }
   LogIndex head() const override;
   Result<LogIndex> ltail(ReplicaId replica) const override;
-  bool is_synced_for_reads(ReplicaId replica, LogIndex ctail) const override;
+  // Inline: every NR read calls it; through a RingLog& (final) it binds statically.
+  bool is_synced_for_reads(ReplicaId replica, LogIndex ctail) const override {
+    // acquire: the index we compare is at least as new as the replica state we will read next.
+    return registered(replica) && ltails_[replica].value.load(std::memory_order_acquire) >= ctail;
+  }
   Result<PayloadRef> payload_put(std::span<const std::byte> data) override;
   Result<std::span<const std::byte>> payload_get(PayloadRef ref) const override;
   Status payload_release(ReplicaId replica, PayloadRef ref) override;

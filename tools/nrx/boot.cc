@@ -23,7 +23,7 @@ namespace nrx::tools {
 namespace {
 
 using Map = nr::HashMap;
-using MapReplica = nr::Replica<Map>;
+using MapReplica = nr::Replica<Map, logs::RingLog>;
 
 // Each thread owns one key outside the shared range, for the read-your-writes check.
 constexpr uint64_t kPrivateKeyBase = uint64_t{1} << 40;
