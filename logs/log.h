@@ -9,7 +9,8 @@
 // a per-lap alive marker, so readers never see a half-written entry or last lap's entry. Each
 // replica applies entries in index order from its local tail (ltail); ctail is the highest ltail
 // (what a read must be synced to); head is the lowest ltail of registered replicas, and a slot is
-// reused only after every replica has applied it.
+// reused only after every replica has applied it. ctail is raised when a replica *starts* applying
+// up to an index, before any effect of those entries can be observed.
 //
 // Invariants: head <= ltail(r) <= ctail <= tail for every registered r; tail - head <= slot_count.
 //
@@ -76,6 +77,8 @@ struct Entry {
 };
 
 using EntryVisitor = FunctionRef<void(const Entry&)>;
+// Returns false to stop before an entry: it is not applied and stays the replica's next entry.
+using StoppingVisitor = FunctionRef<bool(const Entry&)>;
 using Batch = std::span<const std::span<const std::byte>>;
 
 // Bulk data that travels beside an op (DESIGN 3.3): the op holds this reference, never a pointer.
@@ -110,15 +113,22 @@ class Log {
   virtual Result<LogIndex> append(ReplicaId replica, Batch batch, EntryVisitor apply_own) = 0;
 
   // Applies, in index order, every entry from ltail(replica) up to the tail observed at the call,
-  // waiting for entries that are reserved but not yet published; then advances ltail and raises
-  // ctail. Returns the new ltail. Errors: kNotFound (|replica| not registered).
+  // waiting for entries that are reserved but not yet published; raises ctail to that tail first
+  // and advances ltail after. Returns the new ltail. Errors: kNotFound (|replica| not registered).
   // The wait for an unpublished entry has no timeout: in one process an appender publishes right
   // after reserving; across machines the cluster fences a dead appender by filling its slots with
   // no-op entries (DESIGN 5), which ends the wait.
   virtual Result<LogIndex> exec(ReplicaId replica, EntryVisitor visitor) = 0;
 
+  // Like exec, but stops before the first entry for which |visitor| returns false; ltail then
+  // points at that entry (CNR stops at a scan until every log has reached it).
+  // Errors: kNotFound (|replica| not registered).
+  virtual Result<LogIndex> exec_while(ReplicaId replica, StoppingVisitor visitor) = 0;
+
   virtual LogIndex tail() const = 0;   // next index to reserve
-  virtual LogIndex ctail() const = 0;  // highest ltail: a read must be synced to this
+  // The highest index any replica has started applying up to (raised before the entries are
+  // applied, so an effect seen anywhere is below it); >= every ltail. A read syncs to this.
+  virtual LogIndex ctail() const = 0;
   virtual LogIndex head() const = 0;   // lowest ltail of the registered replicas
   // Errors: kNotFound (|replica| not registered).
   virtual Result<LogIndex> ltail(ReplicaId replica) const = 0;

@@ -68,6 +68,20 @@ class Log {
     return log_.exec(replica, decoder(visitor));
   }
 
+  // F: bool(logs::LogIndex, logs::ReplicaId, const Op&); false stops before that entry.
+  template <typename F>
+  Result<logs::LogIndex> exec_while(logs::ReplicaId replica, F&& visitor) {
+    return log_.exec_while(replica, [this, &visitor](const logs::Entry& e) {
+      if (e.data.size() != sizeof(Op)) {
+        skipped_.fetch_add(1, std::memory_order_relaxed);
+        return true;
+      }
+      Op op;
+      std::memcpy(&op, e.data.data(), sizeof(Op));
+      return static_cast<bool>(visitor(e.index, e.writer, op));
+    });
+  }
+
  private:
   template <typename F>
   auto decoder(F& visitor) {

@@ -204,10 +204,19 @@ Result<LogIndex> RingLog::append(ReplicaId replica, Batch batch, EntryVisitor ap
   return first;
 }
 
-LogIndex RingLog::apply_until(ReplicaId replica, LogIndex to, EntryVisitor visitor) {
+template <typename Visitor>
+LogIndex RingLog::apply_until(ReplicaId replica, LogIndex to, Visitor& visitor) {
   // Only this replica's combiner writes its ltail, so a relaxed read of our own value suffices.
   LogIndex i = ltails_[replica].value.load(std::memory_order_relaxed);
   if (i >= to) return i;
+  // Raise ctail BEFORE applying: once any replica may expose an entry's effect (CNR replicas have
+  // no readers-writer lock, so effects are visible while a batch is applied), every later read
+  // elsewhere must sync past it. ctail is therefore "the highest index a replica has started
+  // applying to"; it is still >= every ltail.
+  LogIndex c = ctail_.value.load(std::memory_order_relaxed);
+  // release: orders the raise before the effects this replica is about to produce.
+  while (c < to && !ctail_.value.compare_exchange_weak(c, to, std::memory_order_release, std::memory_order_relaxed)) {
+  }
   const unsigned shift = std::countr_zero(options_.slot_count);
   for (; i < to; ++i) {
     const SlotHeader* s = slot(i);
@@ -219,19 +228,29 @@ LogIndex RingLog::apply_until(ReplicaId replica, LogIndex to, EntryVisitor visit
     // Bounds-check before handing the bytes out, as for an entry from another machine.
     NRX_CHECK(s->length != 0 && s->length <= options_.entry_size && s->writer < options_.max_replicas,
               "corrupt ring log entry");
-    visitor(Entry{i, s->writer,
-                  std::span<const std::byte>(reinterpret_cast<const std::byte*>(s) + sizeof(SlotHeader), s->length)});
+    const Entry entry{i, s->writer,
+                      std::span<const std::byte>(reinterpret_cast<const std::byte*>(s) + sizeof(SlotHeader), s->length)};
+    if constexpr (std::is_same_v<Visitor, StoppingVisitor>) {
+      if (!visitor(entry)) {
+        to = i;
+        break;
+      }
+    } else {
+      visitor(entry);
+    }
   }
+  if (to == ltails_[replica].value.load(std::memory_order_relaxed)) return to;  // stopped at once
   // release: our reads of the slots above happen before an appender that sees this ltail reuses them.
   ltails_[replica].value.store(to, std::memory_order_release);
-  LogIndex c = ctail_.value.load(std::memory_order_relaxed);
-  // release: a reader that acquires ctail >= |to| and then finds a replica synced reads its state.
-  while (c < to && !ctail_.value.compare_exchange_weak(c, to, std::memory_order_release, std::memory_order_relaxed)) {
-  }
   return to;
 }
 
 Result<LogIndex> RingLog::exec(ReplicaId replica, EntryVisitor visitor) {
+  if (!registered(replica)) return Status::not_found("replica " + std::to_string(replica) + " is not registered");
+  return apply_until(replica, tail(), visitor);
+}
+
+Result<LogIndex> RingLog::exec_while(ReplicaId replica, StoppingVisitor visitor) {
   if (!registered(replica)) return Status::not_found("replica " + std::to_string(replica) + " is not registered");
   return apply_until(replica, tail(), visitor);
 }

@@ -40,6 +40,7 @@ class RingLog final : public Log {
   Result<ReplicaId> register_replica() override;
   Result<LogIndex> append(ReplicaId replica, Batch batch, EntryVisitor apply_own) override;
   Result<LogIndex> exec(ReplicaId replica, EntryVisitor visitor) override;
+  Result<LogIndex> exec_while(ReplicaId replica, StoppingVisitor visitor) override;
   LogIndex tail() const override { return tail_.value.load(std::memory_order_acquire); }
   LogIndex ctail() const override { return ctail_.value.load(std::memory_order_acquire); }
   LogIndex head() const override;
@@ -89,8 +90,11 @@ class RingLog final : public Log {
   }
   // Lowest ltail over registered replicas, and the replica holding it.
   LogIndex min_ltail(ReplicaId* laggard) const;
-  // Applies this replica's entries [ltail, to) through |visitor|; returns |to|.
-  LogIndex apply_until(ReplicaId replica, LogIndex to, EntryVisitor visitor);
+  // Applies this replica's entries [ltail, to) through |visitor| (an EntryVisitor, or a
+  // StoppingVisitor that returns false to stop before an entry); returns the new ltail.
+  // A template so that plain exec pays one indirect call per entry, not two.
+  template <typename Visitor>
+  LogIndex apply_until(ReplicaId replica, LogIndex to, Visitor& visitor);
 
   const LogOptions options_;
   const size_t stride_;

@@ -343,6 +343,38 @@ TEST_P(LogConformance, Ordering) {
 
 // A replica registered after others applied entries starts at head (not at tail, not at 0):
 // it sees the entries from head on, and none before.
+// exec_while stops before the first entry its visitor rejects: that entry is not applied, ltail
+// points at it, and the next exec starts there (CNR stops at a scan this way).
+TEST_P(LogConformance, ExecWhileStopsBeforeRejectedEntry) {
+  LogOptions o = small_options();
+  std::unique_ptr<Log> log = create(o);
+  ASSERT_NE(log, nullptr);
+  const ReplicaId a = log->register_replica().value();
+  const ReplicaId b = log->register_replica().value();
+  std::vector<Bytes> entries;
+  for (LogIndex i = 0; i < 6; ++i) entries.push_back(keyed_bytes(i, 8));
+  ASSERT_TRUE(append_all(*log, a, entries, [](const Entry&) {}).ok());
+
+  std::vector<LogIndex> seen;
+  Result<LogIndex> stopped = log->exec_while(b, [&seen](const Entry& e) {
+    if (e.index == 3) return false;
+    seen.push_back(e.index);
+    return true;
+  });
+  ASSERT_TRUE(stopped.ok()) << stopped.status().to_string();
+  EXPECT_EQ(*stopped, 3u);
+  EXPECT_EQ(seen, (std::vector<LogIndex>{0, 1, 2}));
+  EXPECT_EQ(log->ltail(b).value_or(~0ull), 3u);
+  EXPECT_FALSE(log->is_synced_for_reads(b, 6));
+
+  // Stopping at once changes nothing; then a plain exec resumes at the rejected entry.
+  EXPECT_EQ(log->exec_while(b, [](const Entry&) { return false; }).value_or(~0ull), 3u);
+  seen.clear();
+  EXPECT_EQ(log->exec(b, [&seen](const Entry& e) { seen.push_back(e.index); }).value_or(~0ull), 6u);
+  EXPECT_EQ(seen, (std::vector<LogIndex>{3, 4, 5}));
+  EXPECT_FALSE(log->exec_while(99, [](const Entry&) { return true; }).ok());
+}
+
 TEST_P(LogConformance, LateReplicaStartsAtHead) {
   std::unique_ptr<Log> log = create(small_options());
   ASSERT_NE(log, nullptr);

@@ -28,6 +28,9 @@ class CountingLog final : public logs::Log {
     return inner_.append(r, batch, apply_own);
   }
   Result<logs::LogIndex> exec(logs::ReplicaId r, logs::EntryVisitor v) override { return inner_.exec(r, v); }
+  Result<logs::LogIndex> exec_while(logs::ReplicaId r, logs::StoppingVisitor v) override {
+    return inner_.exec_while(r, v);
+  }
   logs::LogIndex tail() const override { return inner_.tail(); }
   logs::LogIndex ctail() const override { return inner_.ctail(); }
   logs::LogIndex head() const override { return inner_.head(); }
