@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,6 +31,12 @@ struct StressConfig {
   uint32_t ops_per_thread;
   uint32_t keys;  // hash map only
 };
+
+// Printed by GoogleTest (and so by ctest) instead of the struct's bytes.
+void PrintTo(const StressConfig& c, std::ostream* os) {
+  *os << c.threads << " threads, " << c.replicas << " replicas, " << c.log_slots << " slots, " << c.ops_per_thread
+      << " ops/thread";
+}
 
 std::string name_of(const ::testing::TestParamInfo<StressConfig>& info) {
   const StressConfig& c = info.param;
