@@ -200,8 +200,11 @@ namespace detail {
 inline constexpr size_t kMaxExplainedOps = 6;  // candidates printed in an explanation
 inline constexpr uint32_t kNoEntry = UINT32_MAX;
 
-inline uint64_t mix64(uint64_t x) {  // splitmix64 finaliser: cheap, full avalanche
-  x += 0x9e3779b97f4a7c15ULL;
+inline constexpr uint64_t kGoldenGamma = 0x9e3779b97f4a7c15ULL;  // 2^64 / phi, odd: spreads a sum
+inline constexpr uint64_t kZobristSeed = 0x5bd1e9955bd1e995ULL;  // any constant; fixed for determinism
+
+inline uint64_t mix64(uint64_t x) {  // splitmix64's finaliser: cheap, full avalanche
+  x += kGoldenGamma;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
@@ -326,28 +329,25 @@ class Timeline {
   // Window width of a configuration whose first pending op is `first`: ops first+1 .. limit.
   uint32_t width(uint32_t first) const { return first == n_ ? 0 : limit_[first] - first; }
 
-  // Whether op j is linearized in the configuration (first, window).
-  bool linearized(uint32_t first, const uint64_t* window, uint32_t j) const {
-    if (j < first) return true;
-    if (j == first || j > limit_[first]) return false;  // j > first implies first < n_
-    const uint32_t k = j - first - 1;
-    return ((window[k >> 6] >> (k & 63)) & 1) != 0;
-  }
-
   // The minimal ops of configuration (first, window), in invoke order: those invoked no later than
   // the earliest response of an op still pending (calls sort before returns at equal stamps).
-  // Ops past limit_[first] are invoked after first's response, so the scan stops there.
+  // Ops past limit_[first] are invoked after first's response, so only the window is scanned,
+  // a word at a time: a preempted op keeps a wide window that is nearly all linearized.
   void minimal_ops(uint32_t first, const uint64_t* window, std::vector<uint32_t>& out) const {
     out.clear();
     if (first == n_) return;
+    const uint32_t width = limit_[first] - first;
     uint64_t earliest = ops_[first]->response;
-    for (uint32_t j = first + 1; j <= limit_[first]; ++j) {
-      if (!linearized(first, window, j)) earliest = std::min(earliest, ops_[j]->response);
-    }
+    for_each_pending(first, window, width, [&](uint32_t j) {
+      earliest = std::min(earliest, ops_[j]->response);
+      return true;
+    });
     out.push_back(first);
-    for (uint32_t j = first + 1; j <= limit_[first]; ++j) {
-      if (!linearized(first, window, j) && ops_[j]->invoke <= earliest) out.push_back(j);
-    }
+    for_each_pending(first, window, width, [&](uint32_t j) {
+      if (ops_[j]->invoke > earliest) return false;  // and so is every later one
+      out.push_back(j);
+      return true;
+    });
   }
 
   // Why the search failed, given its deepest configuration (`depth` ops linearized).
@@ -371,6 +371,18 @@ class Timeline {
   }
 
  private:
+  // Calls f(j) for each op j in (first, first + width] not linearized, in order, while f is true.
+  template <typename F>
+  static void for_each_pending(uint32_t first, const uint64_t* window, uint32_t width, F&& f) {
+    for (uint32_t w = 0; w * 64 < width; ++w) {
+      uint64_t pending = ~window[w];
+      if (width - w * 64 < 64) pending &= (uint64_t{1} << (width - w * 64)) - 1;
+      for (; pending != 0; pending &= pending - 1) {
+        if (!f(first + 1 + w * 64 + static_cast<uint32_t>(std::countr_zero(pending)))) return;
+      }
+    }
+  }
+
   const std::vector<const Operation<Model>*>& ops_;
   const uint32_t n_;
   std::vector<uint32_t> limit_;
@@ -388,7 +400,7 @@ class DepthFirstSearch {
     build_events();
     linearized_.assign(n_ / 64 + 1, 0);
     zobrist_.resize(n_);
-    for (uint32_t i = 0; i < n_; ++i) zobrist_[i] = mix64(i ^ 0x5bd1e9955bd1e995ULL);
+    for (uint32_t i = 0; i < n_; ++i) zobrist_[i] = mix64(i ^ kZobristSeed);
     const uint32_t root = remember(Model::init());
     if (n_ == 0) return Verdict::kLinearizable;
     levels_.reserve(size_t{n_} + 1);
@@ -542,7 +554,7 @@ class DepthFirstSearch {
     const uint32_t first = next_[kHead] == tail() ? n_ : node_op_[next_[kHead]];
     extract_bits(linearized_, size_t{first} + 1, tl_.width(first), window_);
     const auto words = static_cast<uint32_t>(window_.size());
-    const uint64_t hash = mix64(set_hash_ ^ (static_cast<uint64_t>(Model::hash(state)) * 0x9e3779b97f4a7c15ULL));
+    const uint64_t hash = mix64(set_hash_ ^ (static_cast<uint64_t>(Model::hash(state)) * kGoldenGamma));
     const auto fresh = static_cast<uint32_t>(entries_.size());
     const uint32_t id = table_.find_or_insert(hash, fresh, [&](uint32_t e) {
       const Entry& x = entries_[e];

@@ -883,10 +883,12 @@ TEST(LincheckRecorder, LockedStackIsLinearizable) {
 
   const StackHistory h = rec.history();
   ASSERT_EQ(h.size(), kThreads * kOpsPerThread);
-  for (Engine engine : {Engine::kSymbolic, Engine::kDepthFirst}) {
-    const CheckResult r = check(h, options_for(engine));
-    EXPECT_TRUE(r.ok()) << r.explanation;
-  }
+  // The default (symbolic) engine only: on real stack histories the depth-first one can take
+  // exponential time, which is why the symbolic one exists.
+  const auto start = std::chrono::steady_clock::now();
+  const CheckResult r = check(h);
+  EXPECT_TRUE(r.ok()) << r.explanation;
+  report("locked stack", h.size(), r, start);
 }
 
 TEST(LincheckRecorder, TreiberStackWithPreemptionIsLinearizable) {
