@@ -186,8 +186,8 @@ TEST_P(NrStackStress, HistoryIsLinearizableAndReplicasAgree) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, NrStackStress,
-                         ::testing::Values(StressConfig{4, 2, 64, 5000, 0},   // tiny log: wrap + full
-                                           StressConfig{4, 4, 512, 5000, 0}),
+                         ::testing::Values(StressConfig{4, 2, 64, 20000, 0},  // tiny log: wrap + full
+                                           StressConfig{4, 4, 512, 20000, 0}),
                          name_of);
 
 }  // namespace
