@@ -13,7 +13,7 @@
 //   different logs run at the same time on the same replica.
 // - A read syncs only its own log (to that log's ctail) and runs on the replica directly.
 // - Scans. A scan-read (e.g. size, range query) executes once, at the issuing replica; a
-//   scan-update (e.g. clear) executes at every replica. A scan takes the group's scan lock, takes
+//   scan-update (e.g. clear) executes at every replica. Both are barriers at every replica. A scan takes the group's scan lock, takes
 //   the next scan id and appends one scan entry to every log it touches, in ascending log order;
 //   the lock makes every log order scans the same way. At a replica, when a log's apply reaches a
 //   scan entry, it records its arrival and waits; the scan executes only when the replica sits
@@ -474,8 +474,12 @@ class ConcurrentReplica {
       }
       return true;
     }
-    if (e.kind == Entry::kScanRead && e.issuer_replica != id_) return true;  // runs only where issued
     if (e.kind != Entry::kScanRead && e.kind != Entry::kScanUpdate) return true;  // unknown: skipped everywhere
+    // Every replica stops at every scan, also a scan-read it will not execute. Otherwise a
+    // replica could complete a write placed after the scan in one log and then a write placed
+    // before it in a log the scan has not entered yet, and the scan's cut would see the second
+    // without the first. As a barrier, no write after the scan completes anywhere until the scan
+    // sits in all its logs.
     return arrive(li, e, mode);
   }
 
@@ -505,11 +509,17 @@ class ConcurrentReplica {
   }
 
   // Executes scan |e| here if every log it touches has arrived at it and nobody else claimed it.
+  // Claims are monotone (scan ids grow along every log): a thread that saw the arrivals of |e|,
+  // stalled, and resumes after |e| and later scans ran, finds a higher claim and does nothing.
   void try_execute(const Entry& e) {
     if (!all_arrived(e)) return;
     PerLog& lowest = logs_[std::countr_zero(e.scan_mask)];
-    // acq_rel: exactly one arrived applier executes the scan; it sees the others' arrivals.
-    if (lowest.claimed_scan.exchange(e.scan_id, std::memory_order_acq_rel) == e.scan_id) return;
+    uint64_t claimed = lowest.claimed_scan.load(std::memory_order_acquire);
+    do {
+      if (claimed >= e.scan_id) return;  // |e| (or a later scan) is claimed already
+      // acq_rel: exactly one arrived applier executes the scan; it sees the others' arrivals.
+    } while (!lowest.claimed_scan.compare_exchange_weak(claimed, e.scan_id, std::memory_order_acq_rel,
+                                                       std::memory_order_acquire));
     execute_scan_entry(e);
   }
 
@@ -521,9 +531,14 @@ class ConcurrentReplica {
     return true;
   }
 
+  // Runs the scan (a scan-read only at its issuer), answers the issuer, and releases its logs.
   void execute_scan_entry(const Entry& e) {
-    Response r = e.kind == Entry::kScanUpdate ? data_->dispatch_scan_mut(e.scan) : data_->dispatch_scan(e.scan);
-    scans_executed_.fetch_add(1, std::memory_order_relaxed);
+    const bool here = e.kind == Entry::kScanUpdate || e.issuer_replica == id_;
+    Response r{};
+    if (here) {
+      r = e.kind == Entry::kScanUpdate ? data_->dispatch_scan_mut(e.scan) : data_->dispatch_scan(e.scan);
+      scans_executed_.fetch_add(1, std::memory_order_relaxed);
+    }
     if (e.issuer_replica == id_) {
       ScanContext& sc = scan_contexts_[e.issuer_tid];
       sc.response = std::move(r);
