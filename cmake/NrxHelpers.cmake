@@ -52,16 +52,20 @@ function(nrx_cc_binary)
   target_link_libraries(${A_NAME} PRIVATE ${A_DEPS})
 endfunction()
 
-# nrx_cc_test(NAME name SRCS ... [DEPS ...] [LABELS ...] [TIMEOUT s])
-# A GoogleTest binary registered with CTest test by test; LABELS become ctest labels
-# (`stress`, `conformance`, ...). Every test gets a timeout so nothing hangs CI.
+# nrx_cc_test(NAME name SRCS ... [DEPS ...] LABEL unit|conformance|stress [TIMEOUT s])
+# A GoogleTest binary registered with CTest test by test, with one ctest label. (One: CMake's
+# gtest_discover_tests passes PROPERTIES through a generated script that splits lists, so a
+# second label would be lost.) Every test gets a timeout so nothing hangs CI.
 function(nrx_cc_test)
-  cmake_parse_arguments(A "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(A "" "NAME;TIMEOUT;LABEL" "SRCS;DEPS" ${ARGN})
+  if(NOT A_LABEL MATCHES "^(unit|conformance|stress)$")
+    message(FATAL_ERROR "nrx_cc_test(${A_NAME}): LABEL must be unit, conformance or stress")
+  endif()
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 300)
   endif()
   nrx_cc_binary(NAME ${A_NAME} SRCS ${A_SRCS} DEPS ${A_DEPS} GTest::gtest GTest::gtest_main GTest::gmock)
   gtest_discover_tests(${A_NAME}
     DISCOVERY_TIMEOUT 60
-    PROPERTIES TIMEOUT ${A_TIMEOUT} LABELS "${A_LABELS}")
+    PROPERTIES TIMEOUT ${A_TIMEOUT} LABELS ${A_LABEL})
 endfunction()

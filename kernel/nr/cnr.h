@@ -58,6 +58,7 @@
 #include "base/spin.h"
 #include "base/status.h"
 #include "base/thread_annotations.h"
+#include "kernel/nr/flat_combining.h"
 #include "kernel/nr/replica.h"
 #include "kernel/nr/rwlock.h"
 #include "kernel/nr/typed_log.h"
@@ -208,15 +209,8 @@ class ConcurrentReplica {
 
   // Errors: kResourceExhausted when max_threads threads are registered.
   Result<ThreadToken> register_thread() {
-    uint32_t n = num_threads_.load(std::memory_order_relaxed);
-    do {
-      if (n >= options_.max_threads) {
-        return Status::resource_exhausted("replica " + std::to_string(id_) + " already has its " +
-                                          std::to_string(options_.max_threads) + " threads");
-      }
-      // release: a combiner that counts this slot sees it constructed.
-    } while (!num_threads_.compare_exchange_weak(n, n + 1, std::memory_order_release, std::memory_order_relaxed));
-    return ThreadToken{n, this};
+    NRX_ASSIGN_OR_RETURN(uint32_t tid, detail::claim_thread_slot(num_threads_, options_.max_threads, id_));
+    return ThreadToken{tid, this};
   }
 
   // A read on the op's log: syncs that log to its ctail, then reads the (thread-safe) replica.
@@ -232,24 +226,12 @@ class ConcurrentReplica {
     check_token(token);
     const uint32_t li = group_.mapper()(op, group_.log_count());
     PerLog& pl = logs_[li];
-    Context& ctx = pl.contexts[token.tid];
-    ctx.op = op;
-    // release: the op is written before a combiner sees it pending.
-    ctx.state.store(kPending, std::memory_order_release);
-    SpinWait wait;
-    uint32_t state;
-    // acquire: pairs with the combiner's release of kDone/kFailed.
-    while ((state = ctx.state.load(std::memory_order_acquire)) == kPending) {
-      if (pl.combiner.try_lock()) {
-        combine_locked(li);
-        pl.combiner.unlock();
-        continue;
-      }
-      wait.pause();
-    }
-    ctx.state.store(kEmpty, std::memory_order_relaxed);
-    if (state == kFailed) return std::move(ctx.error);
-    return std::move(ctx.response);
+    return detail::post_and_wait(pl.contexts[token.tid], op, [this, &pl, li] {
+      if (!pl.combiner.try_lock()) return false;
+      combine_locked(li);
+      pl.combiner.unlock();
+      return true;
+    });
   }
 
   // A scan-read: executes once, here, at a consistent cut of the logs it touches.
@@ -307,17 +289,11 @@ class ConcurrentReplica {
 
  private:
   friend class CnrGroup<D, M, L>;
-  enum : uint32_t { kEmpty = 0, kPending = 1, kDone = 2, kFailed = 3 };
   // kWait: the applier owns an operation and waits in place at a scan. kStop: a helper; it
   // records arrival at a scan and stops before it.
   enum class Mode : uint8_t { kWait, kStop };
 
-  struct alignas(kInterferenceSize) Context {
-    std::atomic<uint32_t> state{kEmpty};
-    WriteOp op;
-    Response response{};
-    Status error;
-  };
+  using Context = detail::FcSlot<WriteOp, Response>;
 
   // A thread's slot for the scan it issued (answered by whoever executes the scan here).
   struct alignas(kInterferenceSize) ScanContext {
@@ -418,8 +394,7 @@ class ConcurrentReplica {
     const uint32_t threads = num_threads_.load(std::memory_order_acquire);
     for (uint32_t t = 0; t < threads && n < kMaxBatch; ++t) {
       const uint32_t slot = (pl.scan_start + t) % threads;
-      // acquire: pairs with the poster's release; its op is readable.
-      if (pl.contexts[slot].state.load(std::memory_order_acquire) == kPending) {
+      if (pl.contexts[slot].pending()) {
         entries[n] = Entry{};
         entries[n].kind = Entry::kWrite;
         entries[n].write = pl.contexts[slot].op;
@@ -436,22 +411,14 @@ class ConcurrentReplica {
     pl.batch_count = 0;  // entries applied while append waits for space are never ours
     Status st = append_locked(li, ptrs.data(), n);
     if (!st.ok()) {
-      for (uint32_t k = 0; k < n; ++k) {
-        Context& c = pl.contexts[pl.batch_tids[k]];
-        c.error = st;
-        // release: the error is visible before the poster sees kFailed.
-        c.state.store(kFailed, std::memory_order_release);
-      }
+      for (uint32_t k = 0; k < n; ++k) detail::fail(pl.contexts[pl.batch_tids[k]], st);
       return;
     }
     pl.batch_count = n;
     exec_locked(li, Mode::kWait);
     batches_.fetch_add(1, std::memory_order_relaxed);
     combined_ops_.fetch_add(n, std::memory_order_relaxed);
-    for (uint32_t k = 0; k < n; ++k) {
-      // release: the response written by apply() is visible before the poster sees kDone.
-      pl.contexts[pl.batch_tids[k]].state.store(kDone, std::memory_order_release);
-    }
+    for (uint32_t k = 0; k < n; ++k) detail::complete(pl.contexts[pl.batch_tids[k]]);
     pl.batch_count = 0;
   }
 

@@ -49,6 +49,7 @@
 #include "base/status.h"
 #include "base/thread_annotations.h"
 #include "kernel/nr/dispatch.h"
+#include "kernel/nr/flat_combining.h"
 #include "kernel/nr/rwlock.h"
 #include "kernel/nr/typed_log.h"
 #include "logs/log.h"
@@ -93,16 +94,9 @@ class Replica {
 
   // Errors: kResourceExhausted when max_threads threads are registered.
   Result<ThreadToken> register_thread() {
-    uint32_t n = num_threads_.load(std::memory_order_relaxed);
-    do {
-      if (n >= options_.max_threads) {
-        return Status::resource_exhausted("replica " + std::to_string(id_) + " already has its " +
-                                          std::to_string(options_.max_threads) + " threads");
-      }
-      // release: a combiner that counts this slot sees it constructed (kEmpty).
-    } while (!num_threads_.compare_exchange_weak(n, n + 1, std::memory_order_release, std::memory_order_relaxed));
-    rwlock_.activate_reader(n);
-    return ThreadToken{n, this};
+    NRX_ASSIGN_OR_RETURN(uint32_t tid, detail::claim_thread_slot(num_threads_, options_.max_threads, id_));
+    rwlock_.activate_reader(tid);
+    return ThreadToken{tid, this};
   }
 
   // Executes a read-only op on this replica, after syncing it to the log's ctail.
@@ -127,24 +121,12 @@ class Replica {
   // kDeadlineExceeded (the log stayed full; the op was not executed anywhere).
   Result<Response> execute_mut(const WriteOp& op, ThreadToken token) NRX_EXCLUDES(combiner_, rwlock_) {
     check_token(token);
-    Context& ctx = contexts_[token.tid];
-    ctx.op = op;
-    // release: the op is written before a combiner sees it pending.
-    ctx.state.store(kPending, std::memory_order_release);
-    SpinWait wait;
-    uint32_t state;
-    // acquire: pairs with the combiner's release of kDone/kFailed; the response is visible.
-    while ((state = ctx.state.load(std::memory_order_acquire)) == kPending) {
-      if (combiner_.try_lock()) {
-        combine_locked();
-        combiner_.unlock();
-        continue;
-      }
-      wait.pause();
-    }
-    ctx.state.store(kEmpty, std::memory_order_relaxed);  // only we touch the slot while kEmpty
-    if (state == kFailed) return std::move(ctx.error);
-    return std::move(ctx.response);
+    return detail::post_and_wait(contexts_[token.tid], op, [this] {
+      if (!combiner_.try_lock()) return false;
+      combine_locked();
+      combiner_.unlock();
+      return true;
+    });
   }
 
   // Applies everything in the log up to its current tail to this replica; waits for the combiner.
@@ -179,7 +161,7 @@ class Replica {
   uint32_t posted_ops() const {
     uint32_t n = 0;
     const uint32_t threads = num_threads_.load(std::memory_order_acquire);
-    for (uint32_t t = 0; t < threads; ++t) n += contexts_[t].state.load(std::memory_order_relaxed) == kPending;
+    for (uint32_t t = 0; t < threads; ++t) n += contexts_[t].state.load(std::memory_order_relaxed) == detail::kPending;
     return n;
   }
 
@@ -189,15 +171,7 @@ class Replica {
   uint64_t skipped_entries() const { return log_.skipped_entries(); }
 
  private:
-  enum : uint32_t { kEmpty = 0, kPending = 1, kDone = 2, kFailed = 3 };
-
-  // One thread's flat-combining slot, on its own lines.
-  struct alignas(kInterferenceSize) Context {
-    std::atomic<uint32_t> state{kEmpty};
-    WriteOp op;
-    Response response{};
-    Status error;
-  };
+  using Context = detail::FcSlot<WriteOp, Response>;
 
   Replica(L& log, logs::ReplicaId id, D initial, ReplicaOptions options)
       : log_(log),
@@ -220,8 +194,7 @@ class Replica {
     for (uint32_t t = 0; t < threads && n < kMaxBatch; ++t) {
       // Round-robin start so that with more than kMaxBatch posters nobody waits forever.
       const uint32_t slot = (scan_start_ + t) % threads;
-      // acquire: pairs with the poster's release; its op is readable.
-      if (contexts_[slot].state.load(std::memory_order_acquire) == kPending) {
+      if (contexts_[slot].pending()) {
         ops[n] = &contexts_[slot].op;
         batch_tids_[n] = slot;
         ++n;
@@ -241,12 +214,7 @@ class Replica {
                                       rwlock_.unlock();
                                     });
     if (!appended.ok()) {
-      for (uint32_t k = 0; k < n; ++k) {
-        Context& c = contexts_[batch_tids_[k]];
-        c.error = appended.status();
-        // release: the error is visible before the poster sees kFailed.
-        c.state.store(kFailed, std::memory_order_release);
-      }
+      for (uint32_t k = 0; k < n; ++k) detail::fail(contexts_[batch_tids_[k]], appended.status());
       return;
     }
     batch_first_ = *appended;
@@ -254,10 +222,7 @@ class Replica {
     exec_locked();
     batches_.fetch_add(1, std::memory_order_relaxed);
     combined_ops_.fetch_add(n, std::memory_order_relaxed);
-    for (uint32_t k = 0; k < n; ++k) {
-      // release: the response written by apply_locked is visible before the poster sees kDone.
-      contexts_[batch_tids_[k]].state.store(kDone, std::memory_order_release);
-    }
+    for (uint32_t k = 0; k < n; ++k) detail::complete(contexts_[batch_tids_[k]]);
     batch_count_ = 0;
   }
 
