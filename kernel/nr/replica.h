@@ -43,6 +43,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "base/cacheline.h"
 #include "base/spin.h"
@@ -264,6 +265,66 @@ class Replica {
 
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> combined_ops_{0};
+};
+
+// The replicas of one NR structure over one log: creates the log with the lagging-replica hook
+// wired to nudge the replica behind (try_sync(), which never blocks, so replicas nudging each
+// other cannot deadlock: the user-space stand-in for NrOS's IPI), and keeps the replicas. Add
+// each replica on the thread whose memory it should use (first touch: boot pins one per node).
+//
+// Thread safety: add_replica is a set-up step (not concurrent with operations); the rest is safe
+// from any thread. The group outlives its replicas' users.
+//
+//   auto g = nr::ReplicaGroup<HashMap, logs::RingLog>::create(opts, &logs::RingLog::create).value();
+//   nr::Replica<HashMap, logs::RingLog>* r0 = g->add_replica(HashMap{}).value();
+template <Dispatch D, typename L = logs::Log>
+class ReplicaGroup {
+ public:
+  using ReplicaType = Replica<D, L>;
+
+  // |create_log| builds the backend: Result<std::unique_ptr<L>>(const logs::LogOptions&).
+  // options.on_lagging is replaced by the group's hook. Errors: the backend's.
+  template <typename CreateLog>
+  static Result<std::unique_ptr<ReplicaGroup>> create(logs::LogOptions options, CreateLog&& create_log) {
+    std::unique_ptr<ReplicaGroup> g(new ReplicaGroup(options.max_replicas));
+    ReplicaGroup* raw = g.get();
+    options.on_lagging = [raw](uint32_t, logs::ReplicaId r) { raw->nudge(r); };
+    auto log = create_log(options);
+    if (!log.ok()) return log.status();
+    g->log_ = std::move(*log);
+    return g;
+  }
+
+  // Errors: as Replica::create.
+  Result<ReplicaType*> add_replica(D initial, ReplicaOptions options = {}) {
+    NRX_ASSIGN_OR_RETURN(std::unique_ptr<ReplicaType> r, ReplicaType::create(*log_, std::move(initial), options));
+    ReplicaType* raw = r.get();
+    // release: the hook that finds the pointer sees a constructed replica.
+    by_id_[raw->id()].store(raw, std::memory_order_release);
+    replicas_.push_back(std::move(r));
+    return raw;
+  }
+
+  L& log() const { return *log_; }
+  size_t size() const { return replicas_.size(); }
+  ReplicaType& replica(size_t i) const { return *replicas_[i]; }
+  uint64_t lagging_nudges() const { return nudges_.load(std::memory_order_relaxed); }
+
+ private:
+  explicit ReplicaGroup(uint32_t max_replicas) : by_id_(new std::atomic<ReplicaType*>[max_replicas]) {
+    for (uint32_t i = 0; i < max_replicas; ++i) by_id_[i].store(nullptr, std::memory_order_relaxed);
+  }
+
+  void nudge(logs::ReplicaId r) {
+    nudges_.fetch_add(1, std::memory_order_relaxed);
+    // acquire: pairs with add_replica's release.
+    if (ReplicaType* rep = by_id_[r].load(std::memory_order_acquire)) rep->try_sync();
+  }
+
+  std::unique_ptr<std::atomic<ReplicaType*>[]> by_id_;  // indexed by replica id (< max_replicas)
+  std::unique_ptr<L> log_;
+  std::vector<std::unique_ptr<ReplicaType>> replicas_;
+  std::atomic<uint64_t> nudges_{0};
 };
 
 }  // namespace nrx::nr

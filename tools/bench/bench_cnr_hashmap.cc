@@ -92,23 +92,17 @@ class NrMap {
     lo.entry_size = sizeof(nr::HashMap::WriteOp);
     lo.slot_count = kLogSlots;
     lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, replicas);
-    lo.on_lagging = [this](uint32_t, logs::ReplicaId r) {
-      if (r < by_id_.size() && by_id_[r] != nullptr) by_id_[r]->try_sync();
-    };
-    log_ = logs::RingLog::create(std::move(lo)).value();
+    group_ = nr::ReplicaGroup<nr::HashMap, logs::RingLog>::create(lo, &logs::RingLog::create).value();
     nr::HashMap initial(threads * kKeysPerThread);
     for (uint64_t k = 0; k < threads * kKeysPerThread; ++k) {
       (void)initial.dispatch_mut({nr::HashMap::WriteOp::kPut, k, initial_value(k)});
     }
-    by_id_.assign(replicas, nullptr);
     for (uint32_t r = 0; r < replicas; ++r) {
       nr::ReplicaOptions ro{.max_threads = std::max(1u, threads_on(r, threads, replicas))};
-      replicas_.push_back(MapReplica::create(*log_, initial, ro).value());
-      NRX_CHECK(replicas_.back()->id() < replicas, "unexpected replica id");
-      by_id_[replicas_.back()->id()] = replicas_.back().get();
+      replicas_.push_back(group_->add_replica(initial, ro).value());
     }
     for (uint32_t t = 0; t < threads; ++t) {
-      MapReplica* r = replicas_[t % replicas].get();
+      MapReplica* r = replicas_[t % replicas];
       handles_.push_back(Handle{r, r->register_thread().value()});
     }
   }
@@ -131,9 +125,8 @@ class NrMap {
   }
 
  private:
-  std::unique_ptr<logs::RingLog> log_;  // declared first: outlives the replicas
-  std::vector<std::unique_ptr<MapReplica>> replicas_;
-  std::vector<MapReplica*> by_id_;  // fixed before the threads start; read by the hook
+  std::unique_ptr<nr::ReplicaGroup<nr::HashMap, logs::RingLog>> group_;  // the log, replicas, hook
+  std::vector<MapReplica*> replicas_;
   std::vector<Handle> handles_;     // by thread index
 };
 

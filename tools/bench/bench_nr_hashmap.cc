@@ -241,27 +241,21 @@ class NrMap {
     lo.entry_size = sizeof(nr::HashMap::WriteOp);
     lo.slot_count = kLogSlots;
     lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, replicas);
-    lo.on_lagging = [this](uint32_t, logs::ReplicaId r) {
-      if (r < by_id_.size() && by_id_[r] != nullptr) by_id_[r]->try_sync();
-    };
-    log_ = logs::RingLog::create(std::move(lo)).value();
+    group_ = nr::ReplicaGroup<nr::HashMap, logs::RingLog>::create(lo, &logs::RingLog::create).value();
     nr::HashMap initial(kKeys);
     for (uint64_t k = 0; k < kKeys; ++k) (void)initial.dispatch_mut({nr::HashMap::WriteOp::kPut, k, initial_value(k)});
     // The default thread limit (as `nrx boot` uses it), raised only where a big machine needs more.
     nr::ReplicaOptions ro;
     const auto per_replica = static_cast<uint32_t>((state.threads() + replicas - 1) / replicas);
     ro.max_threads = std::max(ro.max_threads, per_replica);
-    by_id_.assign(replicas, nullptr);
     for (uint32_t r = 0; r < replicas; ++r) {
-      replicas_.push_back(MapReplica::create(*log_, initial, ro).value());
-      NRX_CHECK(replicas_.back()->id() < replicas, "unexpected replica id");
-      by_id_[replicas_.back()->id()] = replicas_.back().get();
+      replicas_.push_back(group_->add_replica(initial, ro).value());
     }
   }
 
   // Threads are spread evenly: thread i uses replica i % R and registers its own token there.
   Handle attach(const benchmark::State& state) {
-    MapReplica* r = replicas_[static_cast<size_t>(state.thread_index()) % replicas_.size()].get();
+    MapReplica* r = replicas_[static_cast<size_t>(state.thread_index()) % replicas_.size()];
     return Handle{r, r->register_thread().value()};
   }
   void detach(Handle&) {}
@@ -276,9 +270,8 @@ class NrMap {
   }
 
  private:
-  std::unique_ptr<logs::RingLog> log_;  // declared first: outlives the replicas
-  std::vector<std::unique_ptr<MapReplica>> replicas_;
-  std::vector<MapReplica*> by_id_;  // fixed before the threads start; read by the hook
+  std::unique_ptr<nr::ReplicaGroup<nr::HashMap, logs::RingLog>> group_;  // the log, replicas, hook
+  std::vector<MapReplica*> replicas_;
 };
 
 // The map of the current run, built by Setup before the threads start, destroyed by Teardown

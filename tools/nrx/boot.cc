@@ -87,41 +87,33 @@ int run_boot(const std::vector<std::string>& args) {
   const boot::Topology& topo = *topo_r;
   const uint32_t replicas = static_cast<uint32_t>(topo.nodes.size());
 
-  // The log lives on the first node's memory when there is one real node, else interleaved.
-  std::vector<MapReplica*> by_id(replicas, nullptr);
-  std::atomic<uint64_t> nudges{0};
+  // The log lives on the local node when there is one real node, else interleaved over them.
   logs::LogOptions lo;
   lo.entry_size = sizeof(Map::WriteOp);
   lo.slot_count = static_cast<uint32_t>(*slots);
   lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, replicas);
   lo.numa_node = detected.nodes.size() > 1 ? logs::kNumaInterleave : logs::kNumaLocal;
-  // The lagging-replica hook: help the replica that holds the head back (the user-space stand-in
-  // for NrOS's IPI to one of its cores). try_sync never blocks, so replicas cannot deadlock.
-  lo.on_lagging = [&by_id, &nudges](uint32_t, logs::ReplicaId r) {
-    nudges.fetch_add(1, std::memory_order_relaxed);
-    if (r < by_id.size() && by_id[r] != nullptr) by_id[r]->try_sync();
-  };
-  auto log_r = logs::RingLog::create(lo);
-  if (!log_r.ok()) {
-    std::fprintf(stderr, "nrx boot: cannot create the log: %s\n", log_r.status().to_string().c_str());
+  auto group_r = nr::ReplicaGroup<Map, logs::RingLog>::create(lo, &logs::RingLog::create);
+  if (!group_r.ok()) {
+    std::fprintf(stderr, "nrx boot: cannot create the log: %s\n", group_r.status().to_string().c_str());
     return 1;
   }
-  logs::RingLog& log = **log_r;
+  nr::ReplicaGroup<Map, logs::RingLog>& group = **group_r;
+  logs::RingLog& log = group.log();
 
-  std::vector<std::unique_ptr<MapReplica>> reps;
+  std::vector<MapReplica*> reps;
   for (uint32_t n = 0; n < replicas; ++n) {
     // Build each replica on a thread pinned to its node, so first-touch puts its memory there.
-    Result<std::unique_ptr<MapReplica>> made = Status::internal("not created");
+    Result<MapReplica*> made = Status::internal("not created");
     std::thread([&] {
       boot::pin_current_thread(topo.nodes[n].cpus);
-      made = MapReplica::create(log, Map(static_cast<size_t>(*keys) * 2), nr::ReplicaOptions{});
+      made = group.add_replica(Map(static_cast<size_t>(*keys) * 2));
     }).join();
     if (!made.ok()) {
       std::fprintf(stderr, "nrx boot: cannot create replica %u: %s\n", n, made.status().to_string().c_str());
       return 1;
     }
-    by_id[(*made)->id()] = made->get();
-    reps.push_back(std::move(*made));
+    reps.push_back(*made);
   }
 
   const uint64_t tpn = *threads_per_node;
@@ -221,7 +213,7 @@ int run_boot(const std::vector<std::string>& args) {
                 ",\"writes\":%" PRIu64 ",\"seconds\":%.4f,\"mops\":%.3f,\"log_tail\":%" PRIu64
                 ",\"lagging_nudges\":%" PRIu64 ",\"replicas\":[",
                 replicas, topo.emulated ? "true" : "false", topo.cpu_count(), results.size(), reads + writes, reads,
-                writes, secs, mops, log.tail(), nudges.load());
+                writes, secs, mops, log.tail(), group.lagging_nudges());
     for (uint32_t n = 0; n < replicas; ++n) {
       std::printf("%s{\"id\":%u,\"digest\":\"%016" PRIx64 "\",\"keys\":%" PRIu64 ",\"batches\":%" PRIu64
                   ",\"combined_ops\":%" PRIu64 "}",
@@ -234,7 +226,7 @@ int run_boot(const std::vector<std::string>& args) {
 
   std::printf("done in %.2f s\n", secs);
   std::printf("throughput %.2f M ops/s (%" PRIu64 " reads, %" PRIu64 " writes; log tail %" PRIu64
-              ", %" PRIu64 " lagging-replica nudges)\n", mops, reads, writes, log.tail(), nudges.load());
+              ", %" PRIu64 " lagging-replica nudges)\n", mops, reads, writes, log.tail(), group.lagging_nudges());
   for (uint32_t n = 0; n < replicas; ++n) {
     const uint64_t b = reps[n]->combined_batches();
     std::printf("replica %-2u digest %016" PRIx64 "  %" PRIu64 " keys  %" PRIu64 " combined batches, %.2f ops/batch\n",

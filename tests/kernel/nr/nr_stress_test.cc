@@ -60,25 +60,17 @@ uint32_t scaled(uint32_t threads) {
 // Replicas of D over one ring log whose lagging-replica hook helps the replica behind.
 template <typename D>
 struct Cluster {
-  std::vector<Replica<D, logs::RingLog>*> by_id;
-  std::unique_ptr<logs::RingLog> log;
-  std::vector<std::unique_ptr<Replica<D, logs::RingLog>>> replicas;
-  std::atomic<uint64_t> nudges{0};
+  std::unique_ptr<ReplicaGroup<D, logs::RingLog>> group;
+  std::vector<Replica<D, logs::RingLog>*> replicas;
 
-  Cluster(uint32_t n, uint32_t slots) : by_id(n, nullptr) {
+  Cluster(uint32_t n, uint32_t slots) {
     logs::LogOptions o;
     o.entry_size = 32;
     o.slot_count = slots;
-    o.on_lagging = [this](uint32_t, logs::ReplicaId r) {
-      nudges.fetch_add(1, std::memory_order_relaxed);
-      if (r < by_id.size() && by_id[r] != nullptr) by_id[r]->try_sync();
-    };
-    log = logs::RingLog::create(o).value();
-    for (uint32_t i = 0; i < n; ++i) {
-      replicas.push_back(Replica<D, logs::RingLog>::create(*log).value());
-      by_id[replicas.back()->id()] = replicas.back().get();
-    }
+    group = ReplicaGroup<D, logs::RingLog>::create(o, &logs::RingLog::create).value();
+    for (uint32_t i = 0; i < n; ++i) replicas.push_back(group->add_replica(D{}).value());
   }
+  logs::RingLog& log() const { return group->log(); }
 };
 
 class NrHashMapStress : public ::testing::TestWithParam<StressConfig> {};
@@ -134,7 +126,7 @@ TEST_P(NrHashMapStress, HistoryIsLinearizableAndReplicasAgree) {
   }
   for (size_t i = 1; i < digests.size(); ++i) EXPECT_EQ(digests[i], digests[0]) << "replica " << i;
   // The log wrapped: this run exercised slot reuse, not just a fresh buffer.
-  EXPECT_GT(cluster.log->tail(), uint64_t{2} * c.log_slots);
+  EXPECT_GT(cluster.log().tail(), uint64_t{2} * c.log_slots);
 }
 
 // Table of configurations: (threads, replicas, log slots, ops/thread, keys).
