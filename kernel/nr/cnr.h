@@ -42,6 +42,7 @@
 //   auto n = r0->execute_scan({Map::ScanOp::kSize}, t);
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -179,8 +180,27 @@ class CnrGroup {
     if (r < replicas_.size()) replicas_[r] = nullptr;
   }
 
+  // Scans that could not enter all their logs (an append failed, e.g. the log stayed full past
+  // its timeout). No replica can have run one (its last log never arrives), so every replica
+  // treats its entries as no-ops. Checked only when an applier reaches a scan entry.
+  void cancel_scan(uint64_t id) NRX_EXCLUDES(cancel_mu_) {
+    MutexLock lock(cancel_mu_);
+    cancelled_.push_back(id);
+    // release: the id is in the list before anyone sees the count.
+    cancelled_count_.fetch_add(1, std::memory_order_release);
+  }
+  bool is_cancelled(uint64_t id) NRX_EXCLUDES(cancel_mu_) {
+    // acquire: pairs with cancel_scan; the fast path when nothing was ever cancelled.
+    if (cancelled_count_.load(std::memory_order_acquire) == 0) return false;
+    MutexLock lock(cancel_mu_);
+    return std::find(cancelled_.begin(), cancelled_.end(), id) != cancelled_.end();
+  }
+
   M mapper_;
   std::vector<std::unique_ptr<L>> logs_;
+  Mutex cancel_mu_;
+  std::vector<uint64_t> cancelled_ NRX_GUARDED_BY(cancel_mu_);
+  std::atomic<uint32_t> cancelled_count_{0};
   // Serialises scan insertion so that every log orders scans the same way. Held only while
   // appending scan entries; never by a combiner.
   Mutex scan_mu_;
@@ -235,8 +255,10 @@ class ConcurrentReplica {
   }
 
   // A scan-read: executes once, here, at a consistent cut of the logs it touches.
+  // Errors: kInvalidArgument (the scan touches no log); a log's append error (e.g.
+  // kDeadlineExceeded): the scan is then cancelled and ran nowhere.
   Result<Response> execute_scan(const ScanOp& op, ThreadToken token) { return scan(op, ScanKind::kRead, token); }
-  // A scan-update: executes at every replica, each at the same cut.
+  // A scan-update: executes at every replica, each at the same cut. Errors: as execute_scan.
   Result<Response> execute_scan_mut(const ScanOp& op, ThreadToken token) {
     return scan(op, ScanKind::kUpdate, token);
   }
@@ -355,9 +377,13 @@ class ConcurrentReplica {
         pl.combiner.lock();
         Status st = append_locked(li, &e, 1);
         pl.combiner.unlock();
-        // A failed append leaves the scan in some logs but not others: nobody could ever
-        // complete it, and every log it entered would stall. Treat it as fatal for now.
-        NRX_CHECK(st.ok(), "scan entry could not be appended to every log");
+        if (!st.ok()) {
+          // The scan sits in some logs but will never reach this one: nobody can run it, and
+          // every log it entered would stop at it for good. Cancel it (still under the scan
+          // lock, so no later scan is ordered after it yet); appliers then skip its entries.
+          group_.cancel_scan(e.scan_id);
+          return st;
+        }
       }
     }
     ScanContext& sc = scan_contexts_[token.tid];
@@ -456,7 +482,7 @@ class ConcurrentReplica {
   bool arrive(uint32_t li, const Entry& e, Mode mode) {
     PerLog& pl = logs_[li];
     // acquire: pairs with the executor's release; the scan's effects are visible.
-    if (pl.released_scan.load(std::memory_order_acquire) == e.scan_id) {
+    if (pl.released_scan.load(std::memory_order_acquire) == e.scan_id || group_.is_cancelled(e.scan_id)) {
       pl.at_scan.store(0, std::memory_order_relaxed);
       return true;
     }
@@ -470,6 +496,10 @@ class ConcurrentReplica {
         return true;
       }
       if (mode == Mode::kStop) return false;
+      if (group_.is_cancelled(e.scan_id)) {  // its insertion failed while we waited
+        pl.at_scan.store(0, std::memory_order_relaxed);
+        return true;
+      }
       help(e.scan_mask, li);
       wait.pause();
     }

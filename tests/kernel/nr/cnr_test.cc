@@ -240,10 +240,16 @@ class GatedLog final : public logs::Log {
   void arm(logs::ReplicaId replica) { armed_.store(replica, std::memory_order_release); }
   const std::atomic<bool>& reached() const { return reached_; }
   void open() { open_.store(true, std::memory_order_release); }
+  // The next append by |replica| fails as if the log had stayed full past its timeout.
+  void arm_failure(logs::ReplicaId replica) { fail_.store(replica, std::memory_order_release); }
 
   const logs::LogOptions& options() const override { return inner_->options(); }
   Result<logs::ReplicaId> register_replica() override { return inner_->register_replica(); }
   Result<logs::LogIndex> append(logs::ReplicaId r, logs::Batch batch, logs::EntryVisitor apply_own) override {
+    logs::ReplicaId failing = r;
+    if (fail_.compare_exchange_strong(failing, kNone, std::memory_order_acq_rel)) {
+      return Status::deadline_exceeded("gated log: injected full-log timeout");
+    }
     logs::ReplicaId expected = r;
     if (armed_.compare_exchange_strong(expected, kNone, std::memory_order_acq_rel)) {
       reached_.store(true, std::memory_order_release);
@@ -271,6 +277,7 @@ class GatedLog final : public logs::Log {
   static constexpr logs::ReplicaId kNone = UINT32_MAX;
   std::unique_ptr<logs::RingLog> inner_;
   std::atomic<logs::ReplicaId> armed_{kNone};
+  std::atomic<logs::ReplicaId> fail_{kNone};
   std::atomic<bool> reached_{false};
   std::atomic<bool> open_{false};
 };
@@ -337,6 +344,45 @@ TEST(CnrScans, ScanReadDoesNotSeeALaterWriteWithoutAnEarlierOne) {
   };
   const lincheck::CheckResult result = lincheck::check(h);
   EXPECT_EQ(result.verdict, lincheck::Verdict::kLinearizable) << result.explanation;
+}
+
+// A scan whose entry cannot be appended to one of its logs (here log 2: the append fails as a log
+// that stayed full would) is in logs 0 and 1 but can never run. It must come back as an error,
+// not a crash, and its orphaned entries must not stop either replica on logs 0 and 1.
+TEST(CnrScans, ScanThatCannotEnterEveryLogIsCancelledNotFatal) {
+  using GatedGroup = CnrGroup<Map, HashMapLogMapper, GatedLog>;
+  logs::LogOptions o;
+  o.slot_count = 64;
+  std::vector<GatedLog*> logs_by_id;
+  auto g = GatedGroup::create(4, o, [&](const logs::LogOptions& lo) -> Result<std::unique_ptr<GatedLog>> {
+             auto ring = logs::RingLog::create(lo);
+             if (!ring.ok()) return ring.status();
+             auto gated = std::make_unique<GatedLog>(std::move(*ring));
+             logs_by_id.push_back(gated.get());
+             return gated;
+           }).value();
+  auto a = g->make_replica(ReplicaOptions{}).value();
+  auto b = g->make_replica(ReplicaOptions{}).value();
+  auto ta = a->register_thread().value();
+  auto tb = b->register_thread().value();
+  for (uint64_t k = 0; k < 8; ++k) ASSERT_TRUE(a->execute_mut({Map::WriteOp::kPut, k, k}, ta).ok());
+
+  logs_by_id[2]->arm_failure(a->id());
+  auto failed = a->execute_scan_mut({Map::ScanOp::kClear, 0, 0}, ta);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_GT(g->log(0).tail(), 2u) << "the scan entered log 0 before failing at log 2";
+
+  // Both replicas get past the orphaned entries in logs 0 and 1 (keys 0..15 cover all 4 logs).
+  for (uint64_t k = 0; k < 16; ++k) {
+    ASSERT_TRUE(b->execute_mut({Map::WriteOp::kPut, k, 100 + k}, tb).ok());
+    ASSERT_EQ(a->execute({Map::ReadOp::kGet, k}, ta), 100 + k) << "the cancelled clear must not have run";
+  }
+  EXPECT_EQ(a->execute_scan({Map::ScanOp::kSize, 0, 0}, ta).value(), 16u);
+  EXPECT_EQ(b->execute_scan({Map::ScanOp::kSize, 0, 0}, tb).value(), 16u);
+  a->sync();
+  b->sync();
+  EXPECT_EQ(a->inspect([](const Map& m) { return m.digest(); }), b->inspect([](const Map& m) { return m.digest(); }));
 }
 
 // Replica b's only thread issues scans and nothing else; replica c has no threads at all. Replica
