@@ -13,23 +13,54 @@
 //     Response dispatch_mut(const WriteOp& op) { return v += op.add; }
 //   };
 //   static_assert(nrx::nr::Dispatch<Counter>);
+//
+// A structure whose ops allocate (NR-vMem's page-table frames) needs to know WHICH log entry it is
+// applying, so that every replica asks mem::DeterministicAllocator the same question. It declares
+// `Response dispatch_mut(const WriteOp&, const ApplyContext&)` instead of the one-argument form;
+// Replica calls whichever exists (apply_write below).
 #pragma once
 
 #include <concepts>
 #include <type_traits>
 
+#include "logs/log.h"
+
 namespace nrx::nr {
+
+// Where an op being applied sits: the same on every replica for the same log entry.
+struct ApplyContext {
+  logs::LogIndex index;    // the entry's log index (unique per log)
+  logs::ReplicaId writer;  // the replica that appended it
+  logs::ReplicaId replica;  // the replica applying it now
+};
+
+template <typename D>
+concept DispatchWithContext = requires(D d, const typename D::WriteOp& w, const ApplyContext& c) {
+  { d.dispatch_mut(w, c) } -> std::same_as<typename D::Response>;
+};
 
 template <typename D>
 concept Dispatch =
-    requires(D d, const D cd, const typename D::ReadOp& r, const typename D::WriteOp& w) {
+    requires(const D cd, const typename D::ReadOp& r) {
       typename D::ReadOp;
       typename D::WriteOp;
       typename D::Response;
       { cd.dispatch(r) } -> std::same_as<typename D::Response>;
-      { d.dispatch_mut(w) } -> std::same_as<typename D::Response>;
     } &&
+    (DispatchWithContext<D> || requires(D d, const typename D::WriteOp& w) {
+      { d.dispatch_mut(w) } -> std::same_as<typename D::Response>;
+    }) &&
     std::is_trivially_copyable_v<typename D::WriteOp> && std::is_default_constructible_v<typename D::Response> &&
     std::is_move_assignable_v<typename D::Response>;
+
+// Applies |op| to |d| with the context when D takes one.
+template <typename D>
+typename D::Response apply_write(D& d, const typename D::WriteOp& op, const ApplyContext& ctx) {
+  if constexpr (DispatchWithContext<D>) {
+    return d.dispatch_mut(op, ctx);
+  } else {
+    return d.dispatch_mut(op);
+  }
+}
 
 }  // namespace nrx::nr

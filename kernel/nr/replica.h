@@ -152,10 +152,8 @@ class Replica {
   template <typename F>
   auto inspect(ThreadToken token, F&& f) NRX_EXCLUDES(rwlock_) {
     check_token(token);
-    rwlock_.lock_shared(token.tid);
-    auto r = f(static_cast<const D&>(data_));
-    rwlock_.unlock_shared(token.tid);
-    return r;
+    SharedLockGuard reader(rwlock_, token.tid);
+    return f(static_cast<const D&>(data_));
   }
 
   // Ops posted and not yet answered, right now (a racy snapshot, for tests and statistics).
@@ -241,7 +239,7 @@ class Replica {
 
   void apply_locked(logs::LogIndex index, logs::ReplicaId writer, const WriteOp& op)
       NRX_REQUIRES(combiner_, rwlock_) {
-    Response r = data_.dispatch_mut(op);
+    Response r = apply_write(data_, op, ApplyContext{index, writer, id_});
     if (writer == id_ && index >= batch_first_ && index - batch_first_ < batch_count_) {
       contexts_[batch_tids_[index - batch_first_]].response = std::move(r);
     }
