@@ -8,9 +8,10 @@
 
 namespace nrx::mem {
 
-NCache::NCache(uint32_t pool_id, uint64_t pool_bytes) : pool_id_(pool_id) {
+NCache::NCache(uint32_t pool_id, uint64_t pool_bytes)
+    : pool_id_(pool_id), chunk_count_(pool_bytes / kLargeFrameSize) {
   MutexLock lock(mu_);
-  chunks_.resize(pool_bytes / kLargeFrameSize);
+  chunks_.resize(chunk_count_);
   large_free_.reserve(chunks_.size());
   partial_.reserve(chunks_.size());
   for (size_t i = chunks_.size(); i-- > 0;) large_free_.push_back(static_cast<uint32_t>(i));

@@ -48,7 +48,7 @@ class NCache {
   NCache(uint32_t pool_id, uint64_t pool_bytes);
 
   uint32_t pool_id() const { return pool_id_; }
-  uint64_t capacity_bytes() const { return chunks_.size() * kLargeFrameSize; }
+  uint64_t capacity_bytes() const { return chunk_count_ * kLargeFrameSize; }
 
   // Errors: kResourceExhausted when the pool has no free frame of the class.
   Result<Frame> allocate(FrameClass cls) NRX_EXCLUDES(mu_);
@@ -76,6 +76,7 @@ class NCache {
   Status free_locked(const Frame& frame) NRX_REQUIRES(mu_);
 
   const uint32_t pool_id_;
+  const uint64_t chunk_count_;  // 2 MiB chunks in the pool
   mutable Mutex mu_;
   std::vector<Chunk> chunks_ NRX_GUARDED_BY(mu_);
   std::vector<uint32_t> large_free_ NRX_GUARDED_BY(mu_);  // free chunks, a stack (low offsets first)
