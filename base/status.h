@@ -72,6 +72,14 @@ class [[nodiscard]] Status {
   // "INVALID_ARGUMENT: entry of 200 bytes exceeds the slot's 64".
   std::string to_string() const;
 
+  // A POSIX errno refining the canonical code, or 0 (NR-FS: kFailedPrecondition is ENOTDIR,
+  // EISDIR or ENOTEMPTY; kNotFound is ENOENT or EBADF). Set with with_errno().
+  int posix_errno() const { return errno_; }
+  Status with_errno(int e) && {
+    errno_ = e;
+    return std::move(*this);
+  }
+
   // Explicitly drops a status the caller has decided it does not need.
   void ignore_error() const {}
 
@@ -79,6 +87,7 @@ class [[nodiscard]] Status {
 
  private:
   StatusCode code_ = StatusCode::kOk;
+  int errno_ = 0;
   std::string message_;
 };
 

@@ -68,18 +68,26 @@
 namespace nrx::nr {
 
 // D for CNR: thread-safe, with const mutating dispatch and two kinds of scan.
+// A structure whose ops need their log position (allocations, payload releases) takes an
+// ApplyContext as a second argument of dispatch_mut and dispatch_scan_mut instead (dispatch.h).
 template <typename D>
 concept ConcurrentDispatch =
-    requires(const D cd, const typename D::ReadOp& r, const typename D::WriteOp& w, const typename D::ScanOp& s) {
+    requires(const D cd, const typename D::ReadOp& r, const typename D::ScanOp& s) {
       typename D::ReadOp;
       typename D::WriteOp;
       typename D::ScanOp;
       typename D::Response;
       { cd.dispatch(r) } -> std::same_as<typename D::Response>;
-      { cd.dispatch_mut(w) } -> std::same_as<typename D::Response>;
       { cd.dispatch_scan(s) } -> std::same_as<typename D::Response>;      // scan-read
-      { cd.dispatch_scan_mut(s) } -> std::same_as<typename D::Response>;  // scan-update
     } &&
+    (requires(const D cd, const typename D::WriteOp& w, const typename D::ScanOp& s) {
+      { cd.dispatch_mut(w) } -> std::same_as<typename D::Response>;
+      { cd.dispatch_scan_mut(s) } -> std::same_as<typename D::Response>;  // scan-update
+    } ||
+     requires(const D cd, const typename D::WriteOp& w, const typename D::ScanOp& s, const ApplyContext& c) {
+      { cd.dispatch_mut(w, c) } -> std::same_as<typename D::Response>;
+      { cd.dispatch_scan_mut(s, c) } -> std::same_as<typename D::Response>;
+    }) &&
     std::is_trivially_copyable_v<typename D::WriteOp> && std::is_trivially_copyable_v<typename D::ScanOp> &&
     std::is_default_constructible_v<typename D::Response>;
 
@@ -461,7 +469,12 @@ class ConcurrentReplica {
   bool apply(uint32_t li, logs::LogIndex index, logs::ReplicaId writer, const Entry& e, Mode mode) {
     PerLog& pl = logs_[li];
     if (e.kind == Entry::kWrite) {
-      Response r = data_->dispatch_mut(e.write);
+      Response r;
+      if constexpr (requires { data_->dispatch_mut(e.write, ApplyContext{}); }) {
+        r = data_->dispatch_mut(e.write, ApplyContext{index, writer, id_, li});
+      } else {
+        r = data_->dispatch_mut(e.write);
+      }
       if (writer == id_ && index >= pl.batch_first && index - pl.batch_first < pl.batch_count) {
         pl.contexts[pl.batch_tids[index - pl.batch_first]].response = std::move(r);
       }
@@ -533,7 +546,13 @@ class ConcurrentReplica {
     const bool here = e.kind == Entry::kScanUpdate || e.issuer_replica == id_;
     Response r{};
     if (here) {
-      r = e.kind == Entry::kScanUpdate ? data_->dispatch_scan_mut(e.scan) : data_->dispatch_scan(e.scan);
+      if (e.kind == Entry::kScanRead) {
+        r = data_->dispatch_scan(e.scan);
+      } else if constexpr (requires { data_->dispatch_scan_mut(e.scan, ApplyContext{}); }) {
+        r = data_->dispatch_scan_mut(e.scan, ApplyContext{e.scan_id, e.issuer_replica, id_, kScanLogs});
+      } else {
+        r = data_->dispatch_scan_mut(e.scan);
+      }
       scans_executed_.fetch_add(1, std::memory_order_relaxed);
     }
     if (e.issuer_replica == id_) {

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <concepts>
+#include <cstdint>
 #include <type_traits>
 
 #include "logs/log.h"
@@ -29,10 +30,12 @@ namespace nrx::nr {
 
 // Where an op being applied sits: the same on every replica for the same log entry.
 struct ApplyContext {
-  logs::LogIndex index;    // the entry's log index (unique per log)
-  logs::ReplicaId writer;  // the replica that appended it
+  logs::LogIndex index;    // the entry's log index (unique per log); a CNR scan: its scan id
+  logs::ReplicaId writer;  // the replica that appended it (a scan: its issuer)
   logs::ReplicaId replica;  // the replica applying it now
+  uint32_t log = 0;        // which log (CNR has several); kScanLogs for a scan
 };
+inline constexpr uint32_t kScanLogs = UINT32_MAX;
 
 template <typename D>
 concept DispatchWithContext = requires(D d, const typename D::WriteOp& w, const ApplyContext& c) {
