@@ -123,6 +123,9 @@ class CnrGroup {
       typename D::WriteOp write;
       typename D::ScanOp scan;
     };
+    // Ops may have default member initializers (a non-trivial default constructor), which a union
+    // does not forward: start as a value-initialised write.
+    Entry() : kind(kWrite), issuer_replica(0), issuer_tid(0), scan_id(0), scan_mask(0), write() {}
   };
   static_assert(std::is_trivially_copyable_v<Entry>);
 
