@@ -117,6 +117,11 @@ class FileSystem {
   // Errors: kInvalidArgument (no replicas, a pool that does not exist, logs out of range); the
   // log backend's errors.
   static Result<std::unique_ptr<FileSystem>> create(mem::Memory& memory, const FsOptions& options);
+  // The same with the logs built by |create_log|: Result<std::unique_ptr<L>>(const LogOptions&)
+  // (e.g. a latency-decorated ring for `nrx sweep`). Defined in fs_impl.h.
+  template <typename CreateLog>
+  static Result<std::unique_ptr<FileSystem>> create_with(mem::Memory& memory, const FsOptions& options,
+                                                         CreateLog&& create_log);
   ~FileSystem();
 
   uint32_t replicas() const;
