@@ -169,7 +169,7 @@ Result<Ino> FileSystem<L>::open(Handle& h, std::string_view path, uint32_t flags
   Ino ino = 0;
   FileType type = FileType::kFile;
   if ((flags & kCreate) != 0) {
-    FsState::ScanOp op{.kind = FsState::ScanOp::kCreate, .exclusive = (flags & kExclusive) != 0, .mode = mode};
+    FsState::ScanOp op{.kind = FsState::ScanOp::kCreateFile, .exclusive = (flags & kExclusive) != 0, .mode = mode};
     NRX_ASSIGN_OR_RETURN(auto r, impl_->scan(h, op, p));
     ino = r.ino;
     type = r.stat.type;
@@ -191,7 +191,10 @@ Status FileSystem<L>::close(Handle& h, Ino ino) {
 
 template <typename L>
 Result<size_t> FileSystem<L>::pread(Handle& h, Ino ino, std::span<std::byte> out, uint64_t offset) {
-  if (out.empty()) return fstat(h, ino).ok() ? Result<size_t>(size_t{0}) : Result<size_t>(fstat(h, ino).status());
+  if (out.empty()) {
+    NRX_RETURN_IF_ERROR(fstat(h, ino).status());
+    return size_t{0};
+  }
   NRX_ASSIGN_OR_RETURN(auto r, impl_->read(h, {.kind = FsState::ReadOp::kRead, .ino = ino, .out = out, .offset = offset}));
   return static_cast<size_t>(r.count);
 }
@@ -200,14 +203,14 @@ template <typename L>
 Result<size_t> FileSystem<L>::pwrite(Handle& h, Ino ino, std::span<const std::byte> data, uint64_t offset) {
   if (data.empty()) return fs_error(EINVAL, "empty write");
   if (data.size() > kMaxIo) data = data.first(kMaxIo);
-  FsState::WriteOp op{.kind = FsState::WriteOp::kWrite, .ino = ino, .offset = offset, .mtime_ns = detail::now_ns()};
+  FsState::WriteOp op{.kind = FsState::WriteOp::kPwrite, .ino = ino, .offset = offset, .mtime_ns = detail::now_ns()};
   NRX_ASSIGN_OR_RETURN(auto r, impl_->write(h, op, data));
   return static_cast<size_t>(r.count);
 }
 
 template <typename L>
 Status FileSystem<L>::truncate(Handle& h, Ino ino, uint64_t size) {
-  FsState::WriteOp op{.kind = FsState::WriteOp::kTruncate, .ino = ino, .offset = size, .mtime_ns = detail::now_ns()};
+  FsState::WriteOp op{.kind = FsState::WriteOp::kSetSize, .ino = ino, .offset = size, .mtime_ns = detail::now_ns()};
   return impl_->write(h, op, {}).status();
 }
 

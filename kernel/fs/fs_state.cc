@@ -195,7 +195,7 @@ FsState::Response FsState::dispatch_mut(const WriteOp& op, const nr::ApplyContex
   Response r;
   std::span<const std::byte> data;
   logs::Log* log = ctx.log < logs_->size() ? (*logs_)[ctx.log] : nullptr;
-  if (op.kind == WriteOp::kWrite) {
+  if (op.kind == WriteOp::kPwrite) {
     auto bytes = log != nullptr ? log->payload_get(op.data) : Result<std::span<const std::byte>>(Status::not_found("no log"));
     if (!bytes.ok()) {
       r.status = fs_error(EINVAL, "write data is missing: " + bytes.status().to_string());
@@ -216,7 +216,7 @@ FsState::Response FsState::dispatch_mut(const WriteOp& op, const nr::ApplyContex
     }
   }
   // Every replica releases the payload once, after applying (the last release frees it).
-  if (op.kind == WriteOp::kWrite) (void)log->payload_release(ctx.replica, op.data);
+  if (op.kind == WriteOp::kPwrite) (void)log->payload_release(ctx.replica, op.data);
   return r;
 }
 
@@ -224,7 +224,7 @@ FsState::Response FsState::write_locked(const WriteOp& op, const nr::ApplyContex
                                         std::span<const std::byte> data) const {
   Response r;
   switch (op.kind) {
-    case WriteOp::kWrite: {
+    case WriteOp::kPwrite: {
       if (data.empty()) {
         r.status = fs_error(EINVAL, "empty write");
         return r;
@@ -267,7 +267,7 @@ FsState::Response FsState::write_locked(const WriteOp& op, const nr::ApplyContex
       r.count = data.size();
       return r;
     }
-    case WriteOp::kTruncate: {
+    case WriteOp::kSetSize: {
       if (op.offset > kMaxFileSize) {
         r.status = fs_error(EFBIG, "size past the largest file size");
         return r;
@@ -330,9 +330,9 @@ FsState::Response FsState::scan_locked(const ScanOp& op, std::string_view a, std
   }
   const std::vector<std::string_view>& parts = *parts_or;
   if (parts.empty()) {
-    r.status = op.kind == ScanOp::kCreate || op.kind == ScanOp::kMkdir ? fs_error(EEXIST, "the root exists")
+    r.status = op.kind == ScanOp::kCreateFile || op.kind == ScanOp::kMkdir ? fs_error(EEXIST, "the root exists")
                                                                        : fs_error(EINVAL, "the root cannot be removed");
-    if (op.kind == ScanOp::kCreate && !op.exclusive) {
+    if (op.kind == ScanOp::kCreateFile && !op.exclusive) {
       r.status = Status();
       r.ino = kRootIno;
       r.stat.type = FileType::kDir;
@@ -349,7 +349,7 @@ FsState::Response FsState::scan_locked(const ScanOp& op, std::string_view a, std
   auto it = dir->entries.find(name);
   Inode* existing = it == dir->entries.end() ? nullptr : find_locked(it->second);
   switch (op.kind) {
-    case ScanOp::kCreate:
+    case ScanOp::kCreateFile:
       if (existing != nullptr) {
         if (op.exclusive) {
           r.status = fs_error(EEXIST, "file exists");

@@ -44,8 +44,8 @@ namespace nrx::fs {
 class FsState {
  public:
   struct WriteOp {
-    enum Kind : uint8_t { kWrite = 1, kTruncate = 2, kChmod = 3, kSetTimes = 4 };
-    Kind kind = kWrite;
+    enum Kind : uint8_t { kPwrite = 1, kSetSize = 2, kChmod = 3, kSetTimes = 4 };
+    Kind kind = kPwrite;
     uint32_t mode = 0;       // Chmod
     Ino ino = 0;
     uint64_t offset = 0;     // Write: file offset; Truncate: the new size
@@ -54,8 +54,8 @@ class FsState {
     logs::PayloadRef data{};  // Write: the bytes, in the payload table of this op's log
   };
   struct ScanOp {
-    enum Kind : uint8_t { kCreate = 1, kMkdir = 2, kRmdir = 3, kUnlink = 4, kRename = 5 };
-    Kind kind = kCreate;
+    enum Kind : uint8_t { kCreateFile = 1, kMkdir = 2, kRmdir = 3, kUnlink = 4, kRename = 5 };
+    Kind kind = kCreateFile;
     uint8_t exclusive = 0;   // Create: fail with EEXIST if the name exists
     uint32_t mode = 0;       // Create, Mkdir
     uint32_t len_a = 0;      // the payload holds path a (len_a bytes) then path b (Rename)

@@ -179,7 +179,7 @@ class Vspace {
   // What the core's MMU does for an access: handle pending shootdowns, then the TLB, then on a miss
   // the replica's page walker (setting A/D) and a TLB fill. Errors: as resolve.
   Result<Walk> translate(Core& core, uint64_t vaddr, Access access) {
-    if (core.mailbox_.pending()) poll(core);
+    poll(core);
     if (auto hit = core.tlb_.lookup(vaddr, access)) return *hit;
     NRX_ASSIGN_OR_RETURN(Walk w, resolve(core, vaddr, access));
     core.tlb_.insert(w);
@@ -188,6 +188,7 @@ class Vspace {
 
   // Handles the core's pending shootdowns: acknowledge, advance the replica, flush.
   void poll(Core& core) {
+    if (!core.mailbox_.pending()) return;  // the cheap check: no lock when nothing was posted
     core.inbox_.clear();
     core.mailbox_.take(core.inbox_);
     if (core.inbox_.empty()) return;
