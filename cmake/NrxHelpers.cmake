@@ -23,12 +23,17 @@ function(_nrx_target_settings target visibility)
   endif()
 endfunction()
 
-# nrx_cc_library(NAME name ALIAS nrx::alias [OBJECT] [SRCS ...] [HDRS ...] [DEPS ...])
+# nrx_cc_library(NAME name ALIAS nrx::alias [OBJECT|SHARED] [SRCS ...] [HDRS ...] [DEPS ...])
 # Without SRCS the library is header-only (INTERFACE). OBJECT makes an object library, whose
-# objects always reach the binary (for TEST_P registrations nothing references by name).
+# objects always reach the binary (for TEST_P registrations nothing references by name). SHARED
+# makes a shared library for programs outside the tree (libnrx.so); its DEPS are linked privately.
 function(nrx_cc_library)
-  cmake_parse_arguments(A "OBJECT" "NAME;ALIAS" "SRCS;HDRS;DEPS" ${ARGN})
-  if(A_OBJECT)
+  cmake_parse_arguments(A "OBJECT;SHARED" "NAME;ALIAS" "SRCS;HDRS;DEPS" ${ARGN})
+  if(A_SHARED)
+    add_library(${A_NAME} SHARED ${A_SRCS} ${A_HDRS})
+    _nrx_target_settings(${A_NAME} PUBLIC)
+    target_link_libraries(${A_NAME} PRIVATE ${A_DEPS})
+  elseif(A_OBJECT)
     add_library(${A_NAME} OBJECT ${A_SRCS} ${A_HDRS})
     _nrx_target_settings(${A_NAME} PUBLIC)
     target_link_libraries(${A_NAME} PUBLIC ${A_DEPS})
