@@ -1,7 +1,8 @@
-// `nrx sweep` end to end (tools/nrx/sweep.h): the built nrx binary (NRX_BINARY) runs tiny grids
-// into a temporary folder, and the test checks that results.csv has its header and one row per
-// point, that results.json is well-formed JSON with the expected keys, and that every PNG starts
-// with the PNG signature; bad input exits 2 with one line on stderr. Also the throughput model.
+// `nrx sweep` end to end (tools/nrx/sweep.h): the built nrx binary (NRX_BINARY) runs tiny grids of
+// every subject (log, hashmap, vmem, fs) into a temporary folder, and the test checks that
+// results.csv has its header and one row per point, that results.json is well-formed JSON with the
+// expected keys, and that every PNG starts with the PNG signature; bad input exits 2 with one line
+// on stderr. Also the throughput model.
 //
 // Every run is bounded: the grids take well under a second of measuring, and a child that
 // outlives kRunTimeout is killed and reported.
@@ -74,7 +75,8 @@ struct RunResult {
 };
 
 // Runs `nrx sweep ARGS` with stdout and stderr captured in files under |dir|. The grids below use
-// two threads, so the sanitizer builds see replicas, combiners and the lagging hook at work.
+// two threads, so the sanitizer builds see replicas, combiners and the lagging hook at work (and,
+// for vmem, TLB shootdowns between two cores).
 RunResult run_sweep(const std::vector<std::string>& args, const std::string& dir) {
   std::vector<std::string> all = {NRX_BINARY, "sweep"};
   all.insert(all.end(), args.begin(), args.end());
@@ -303,6 +305,58 @@ TEST(SweepTest, TinyLogGridWithADistribution) {
   EXPECT_NE(r.err.find("PNGs skipped"), std::string::npos) << r.err;
 }
 
+// Every PNG of a run with plots.
+void check_pngs(const std::string& out, const RunResult& r) {
+  for (const char* png : {"throughput.png", "p50.png", "p99.png"}) {
+    EXPECT_TRUE(is_png(out + "/" + png)) << png << " missing or not a PNG; stderr:\n" << r.err;
+  }
+  EXPECT_TRUE(std::filesystem::exists(out + "/plot.gp"));
+}
+
+// The JSON "reads" and "writes" of every repetition: both kinds ran (a 50% write ratio).
+void check_reads_and_writes(const std::string& out) {
+  const std::string json = read_file(out + "/results.json");
+  EXPECT_EQ(json.find("\"reads\": 0,"), std::string::npos) << "a repetition ran no reads:\n" << json;
+  EXPECT_EQ(json.find("\"writes\": 0,"), std::string::npos) << "a repetition ran no writes:\n" << json;
+}
+
+// Two cores on two replicas map, unmap (shooting down each other's TLB) and Resolve.
+TEST(SweepTest, TinyVmemGridWritesCsvJsonAndPngs) {
+  ASSERT_FALSE(find_program("gnuplot").empty())
+      << "gnuplot is not on PATH: install the Debian package gnuplot-nox (./nrx setup does)";
+  TempDir tmp;
+  const std::string out = tmp.path() + "/out";
+  const RunResult r = run_sweep({"--subject", "vmem", "--latency-ns", "0,200", "--threads", "2", "--replicas", "1,2",
+                                 "--write-ratio", "50", "--repeat", "1", "--warmup-ms", "5", "--duration-ms", "30",
+                                 "--out", out},
+                                tmp.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  check_results(out, "vmem", 4);
+  check_pngs(out, r);
+  check_reads_and_writes(out);
+  // Combining is measured: every row has its operations per append round.
+  const std::vector<std::string> csv = lines_of(read_file(out + "/results.csv"));
+  for (size_t i = 1; i < csv.size(); ++i) {
+    EXPECT_EQ(csv[i].find(",,"), std::string::npos) << "an empty field: " << csv[i];
+  }
+}
+
+// Two threads, each on its own file, over two replicas and 4 CNR logs.
+TEST(SweepTest, TinyFsGridWritesCsvJsonAndPngs) {
+  ASSERT_FALSE(find_program("gnuplot").empty())
+      << "gnuplot is not on PATH: install the Debian package gnuplot-nox (./nrx setup does)";
+  TempDir tmp;
+  const std::string out = tmp.path() + "/out";
+  const RunResult r = run_sweep({"--subject", "fs", "--latency-ns", "0,200", "--threads", "2", "--replicas", "2",
+                                 "--write-ratio", "50", "--repeat", "1", "--warmup-ms", "5", "--duration-ms", "30",
+                                 "--out", out},
+                                tmp.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  check_results(out, "fs", 2);
+  check_pngs(out, r);
+  check_reads_and_writes(out);
+}
+
 // Each bad input exits 2 with one line on stderr that says what is wrong.
 TEST(SweepTest, BadInputExitsTwoWithOneLine) {
   TempDir tmp;
@@ -314,9 +368,8 @@ TEST(SweepTest, BadInputExitsTwoWithOneLine) {
   };
   const std::vector<Case> cases = {
       {{"--subject", "nope"}, "unknown subject 'nope'"},
-      {{"--subject", "fs"}, "nrx sweep: subject 'fs' needs NR-FS, not built yet"},
-      {{"--subject", "vmem"}, "nrx sweep: subject 'vmem' needs NR-vMem, not built yet"},
       {{"--log", "shm"}, "--log shm needs the shm backend"},
+      {{"--subject", "fs", "--log", "shm"}, "--log shm needs the shm backend"},
       {{"--log", "rdma"}, "unknown log backend 'rdma'"},
       {{"--threads", ""}, "--threads needs at least one value"},
       {{"--threads", "1,,2"}, "empty item"},
@@ -327,8 +380,12 @@ TEST(SweepTest, BadInputExitsTwoWithOneLine) {
       {{"--latency-ns", "uniform:9:1"}, "is empty"},
       {{"--write-ratio", "101"}, "--write-ratio values must be"},
       {{"--threads", "1", "--replicas", "2"}, "no configuration left"},
-      {{"--subject", "log", "--replicas", "2"}, "hashmap only"},
+      {{"--subject", "log", "--replicas", "2"}, "do not apply to --subject log"},
       {{"--subject", "hashmap", "--batch", "8"}, "log only"},
+      {{"--subject", "vmem", "--batch", "8"}, "log only"},
+      {{"--subject", "fs", "--keys", "100"}, "--keys applies to --subject hashmap only"},
+      {{"--subject", "vmem", "--keys", "100"}, "--keys applies to --subject hashmap only"},
+      {{"--subject", "vmem", "--threads", "130", "--replicas", "2"}, "at most 64 threads per replica"},
       {{"--classes", "bogus"}, "unknown access class 'bogus'"},
       {{"--log-node", "999"}, "--log-node 999"},
       {{"--log-slots", "1000"}, "power of two"},
@@ -356,9 +413,10 @@ TEST(SweepTest, HelpListsSubjectsDefaultsAndTheModel) {
   const RunResult r = run_sweep({"--help"}, tmp.path());
   ASSERT_EQ(r.exit_code, 0);
   for (const char* text : {"--subject S", "log, hashmap, vmem, fs", "(default: 0,100,400,1600)", "--repeat N",
-                           "(default: 3)", "--log-node N", kModelFormula}) {
+                           "(default: 3)", "--log-node N", "TLB", "pwrite", kModelFormula}) {
     EXPECT_NE(r.out.find(text), std::string::npos) << "--help lacks '" << text << "'";
   }
+  EXPECT_EQ(r.out.find("(not built yet)"), std::string::npos) << "every subject is built now";
 }
 
 // ---- The model (sweep.h) ----
@@ -394,6 +452,20 @@ TEST(SweepModelTest, BatchingHidesPerRoundCostsOnly) {
   ModelInput reads = all_classes(1e7, 0, 1, 1, 4, 0);
   reads.latency_ns[static_cast<size_t>(logs::Access::kCtailRead)] = 400;
   EXPECT_NEAR(1e9 / model_throughput(reads), 100 + 100, 1e-6);
+}
+
+TEST(SweepModelTest, PayloadsAndReplicasAddTheirTerms) {
+  // fs-like: all writes, b = 1, P = 2 appliers, R = 2 replicas, T = 2 threads, 100 ns per access.
+  ModelInput in = all_classes(1e7, 1, 1, 2, 2, 100);
+  in.replicas = 2;
+  // Per op: 200/2 (reserve + tail update) + 100/2 (write) + 100*2/2 (every replica reads it) = 250 ns.
+  EXPECT_NEAR(1e9 / model_throughput(in), 100 + 250, 1e-6);
+  // One payload per write: written once on its thread (100/2), read by every replica (100*2/2).
+  in.payloads = 1;
+  EXPECT_NEAR(1e9 / model_throughput(in), 100 + 250 + 150, 1e-6);
+  // Two replicas x two CNR logs: four appliers share the per-round work and the replicas' reads.
+  in.appenders = 4;
+  EXPECT_NEAR(1e9 / model_throughput(in), 100 + (50 + 25 + 50) + (50 + 50), 1e-6);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // nrx: the one command-line entry point (DESIGN 1, tools/). Subcommands grow with the kernel:
-// boot and sweep now; cluster, controller and node come with their issues.
+// boot, sweep and fs now; cluster, controller and node come with their issues.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -8,6 +8,7 @@
 namespace nrx::tools {
 int run_boot(const std::vector<std::string>& args);
 int run_sweep(const std::vector<std::string>& args);
+int run_fs(const std::vector<std::string>& args);
 }  // namespace nrx::tools
 
 namespace {
@@ -20,6 +21,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  boot        boot the kernel on this machine's NUMA topology and run the demo workload\n"
     "  sweep       remote-latency sweeps: throughput and p50/p99 against injected log latency\n"
+    "  fs          NR-FS for other processes: `fs mount DIR` (FUSE) or `fs serve` (syscall channel)\n"
     "  help        show this help, or `nrx help <command>` for a command's options\n"
     "\n"
     "Run `nrx <command> --help` for the options of a command.\n";
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   }
   if (command == "boot") return nrx::tools::run_boot(args);
   if (command == "sweep") return nrx::tools::run_sweep(args);
+  if (command == "fs") return nrx::tools::run_fs(args);
   std::fprintf(stderr, "nrx: unknown command '%s' (see 'nrx --help')\n", command.c_str());
   return 2;
 }

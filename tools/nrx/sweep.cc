@@ -1,8 +1,7 @@
 // `nrx sweep` (sweep.h): the control path. Parses and validates the options (bad input exits 2
 // with one line), builds the grid, runs every point with a progress bar and ETA on stderr, and
-// writes the results through sweep_report.cc. Subjects and log backends are tables, so a subject
-// whose subsystem is not built yet (vmem, fs) or a backend not built yet (shm) is a known name
-// answered with a clear error rather than an unknown one.
+// writes the results through sweep_report.cc. Subjects and log backends are tables; a backend not
+// built yet (shm) is a known name answered with a clear error rather than an unknown one.
 #include "tools/nrx/sweep.h"
 
 #include <numa.h>
@@ -35,21 +34,16 @@ using sweep::Settings;
 
 using RunPoint = Result<std::vector<Repetition>> (*)(const Settings&, const Config&, const logs::LatencyProfile&);
 
-// What can be swept. |needs| names the subsystem a subject waits for; such a subject is accepted
-// by the parser and answered with "needs <needs>, not built yet".
+// What can be swept (sweep.h describes each workload).
 struct Subject {
   std::string_view name;
-  std::string_view what;
-  std::string_view needs;  // empty: available
   RunPoint run;
 };
 constexpr Subject kSubjects[] = {
-    {"log", "append + exec of the decorated ring log, each thread its own replica (as bench_log)", "",
-     &sweep::run_log_point},
-    {"hashmap", "the NR hash map (kernel/nr/ds/hashmap.h) on Replica over the decorated ring", "",
-     &sweep::run_hashmap_point},
-    {"vmem", "NR-vMem map/unmap/resolve", "NR-vMem", nullptr},
-    {"fs", "NR-FS file operations", "NR-FS", nullptr},
+    {"log", &sweep::run_log_point},          // append + exec of the decorated ring, as bench_log
+    {"hashmap", &sweep::run_hashmap_point},  // the NR hash map (kernel/nr/ds/hashmap.h) on Replica
+    {"vmem", &sweep::run_vmem_point},        // NR-vMem map/unmap + Resolve (kernel/vmem/vspace.h)
+    {"fs", &sweep::run_fs_point},            // NR-FS 1 KiB pwrite/pread (kernel/fs/fs.h), CNR
 };
 
 struct Backend {
@@ -232,9 +226,14 @@ constexpr const char* kSummary =
     "DIR/throughput.png, DIR/p50.png and DIR/p99.png (x: injected latency, one line per\n"
     "configuration; plot.gp re-renders them).\n"
     "\n"
-    "subjects: log (append + exec of the decorated ring, each thread its own replica),\n"
-    "          hashmap (the NR hash map on Replica over the decorated ring; threads split over\n"
-    "          replicas like `nrx boot --nodes`), vmem and fs (not built yet).\n"
+    "subjects: log (append + exec of the decorated ring, each thread its own replica).\n"
+    "          The others split the threads over replicas like `nrx boot --nodes`:\n"
+    "          hashmap (the NR hash map on Replica: put / get of random keys);\n"
+    "          vmem (NR-vMem: each thread a core in its own region; a write maps or unmaps a\n"
+    "          4 KiB page, in turn, an unmap shooting down the other cores' TLBs; a read is a\n"
+    "          TLB miss, translate walking the replica: Resolve);\n"
+    "          fs (NR-FS on 4 CNR logs: each thread its own pre-filled 1 MiB file; a write is a\n"
+    "          1 KiB pwrite, a read a 1 KiB pread, at random 1 KiB-aligned offsets, as fxmark).\n"
     "latencies: each item of --latency-ns is a delay: N (fixed ns), fixed:N, uniform:A:B,\n"
     "          normal:MEAN:SD, or replay:FILE (measured ns, one per line, cycled); the x value is\n"
     "          its mean. It is charged to every access class in --classes: reserve, write, read,\n"
@@ -244,8 +243,9 @@ constexpr const char* kSummary =
     "          measure the remote node instead of injecting latency.\n"
     "\n"
     "The dashed model on the throughput plot (X0: the configuration's throughput at 0 ns; w: write\n"
-    "fraction; b: ops per append, measured; P: parallel appenders = replicas, or threads for log;\n"
-    "T: threads; L_c: the delay of class c):\n"
+    "fraction; b: ops per append, measured (fs: not measured, 1); P: parallel appenders = replicas\n"
+    "(log: threads; fs: replica x log pairs with writers); R: replicas (log: threads); T: threads;\n"
+    "p: payloads per write (fs: 1, else 0); L_c: the delay of class c):\n"
     "  %MODEL%\n"
     "Batching divides the per-round costs (reserve, tail update) by b; it cannot hide the per-entry\n"
     "writes and reads, so past some b the curve stops improving.\n"
@@ -265,14 +265,14 @@ int run_sweep(const std::vector<std::string>& args) {
   cmd.option("latency-ns", "LIST", "injected per-access latencies (delay specs, see above)", "0,100,400,1600");
   cmd.option("classes", "LIST", "access classes that get the delay; 'all' adds ctail_read", kDefaultClasses);
   cmd.option("threads", "LIST", "worker threads", "1,2");
-  cmd.option("replicas", "LIST", "hashmap: replicas the threads are split over (<= threads)", "1,2");
-  cmd.option("write-ratio", "LIST", "hashmap: percent of operations that are writes", "10,50");
+  cmd.option("replicas", "LIST", "hashmap, vmem, fs: replicas the threads are split over (<= threads)", "1,2");
+  cmd.option("write-ratio", "LIST", "hashmap, vmem, fs: percent of operations that are writes", "10,50");
   cmd.option("batch", "LIST", "log: entries per append (1..64)", "1,8,32");
   cmd.option("repeat", "N", "measured repetitions per point (median, min and max reported)", "3");
   cmd.option("warmup-ms", "MS", "warm-up before a point's repetitions", "200");
   cmd.option("duration-ms", "MS", "length of one repetition", "400");
   cmd.option("keys", "K", "hashmap: keys, all present before the clock starts", "32768");
-  cmd.option("log-slots", "S", "ring log slots (a power of two)", "16384");
+  cmd.option("log-slots", "S", "ring log slots (a power of two; fs: per CNR log)", "16384");
   cmd.option("sample-every", "N", "time one operation in N for the latency percentiles", "8");
   cmd.option("seed", "S", "random seed of the workload and the delay draws", "1");
   cmd.option("out", "DIR", "output folder (created if missing)", "nrx-sweep");
@@ -292,11 +292,6 @@ int run_sweep(const std::vector<std::string>& args) {
   if (subject == nullptr) {
     return cli::fail(cmd, Status::invalid_argument("unknown subject '" + s.subject + "' (known: " + names_of(kSubjects) + ")"));
   }
-  if (!subject->needs.empty()) {
-    std::fprintf(stderr, "nrx sweep: subject '%s' needs %s, not built yet\n", s.subject.c_str(),
-                 std::string(subject->needs).c_str());
-    return 2;
-  }
   s.log = cmd.get("log").value_or("ring");
   const Backend* backend = nullptr;
   for (const Backend& b : kBackends) {
@@ -312,10 +307,16 @@ int run_sweep(const std::vector<std::string>& args) {
 
   const bool is_log = s.subject == "log";
   if (is_log && (cmd.has("replicas") || cmd.has("write-ratio") || cmd.has("keys"))) {
-    return cli::fail(cmd, Status::invalid_argument("--replicas, --write-ratio and --keys apply to --subject hashmap only"));
+    return cli::fail(cmd, Status::invalid_argument(
+                              "--replicas, --write-ratio and --keys do not apply to --subject log (each thread is its "
+                              "own replica, every operation an append)"));
+  }
+  if ((s.subject == "vmem" || s.subject == "fs") && cmd.has("keys")) {
+    return cli::fail(cmd, Status::invalid_argument("--keys applies to --subject hashmap only"));
   }
   if (!is_log && cmd.has("batch")) {
-    return cli::fail(cmd, Status::invalid_argument("--batch applies to --subject log only (hashmap batches are measured)"));
+    return cli::fail(cmd, Status::invalid_argument("--batch applies to --subject log only (" + s.subject +
+                                                   " batches by combining)"));
   }
 
   if (Status st = parse_latencies(cmd.get("latency-ns").value_or("0,100,400,1600"), s); !st.ok()) return cli::fail(cmd, st);

@@ -6,24 +6,40 @@
 // it draws a model of the expected throughput (model_throughput below), so the plot shows where
 // batching hides latency and where it stops.
 //
+// Subjects (every one over LatencyLog<RingLog>; threads are split over replicas, thread t on
+// replica t % R, except for log):
+//   log      append(batch) + exec, each thread its own replica (as bench_log)
+//   hashmap  the NR hash map on Replica; a write is a put, a read a get
+//   vmem     NR-vMem (kernel/vmem/vspace.h): each thread a core in its own 1 GiB region; a write
+//            maps or unmaps one 4 KiB page (in turn; an unmap includes the TLB shootdown to the
+//            other cores), a read is a TLB miss, i.e. translate walks the replica (Resolve)
+//   fs       NR-FS (kernel/fs/fs.h, CNR over 4 logs): each thread its own pre-filled file; a write
+//            is a 1 KiB pwrite, a read a 1 KiB pread, at random 1 KiB-aligned offsets (fxmark-like)
+//
 // Files: sweep.cc is the control path (options, grid, progress, orchestration); sweep_run.cc the
 // data path (the subjects' measured loops); sweep_report.cc the model, CSV, JSON and plots.
 //
 // The model. Per point: X0 = the configuration's measured throughput at zero injected latency,
-// w = write fraction, b = operations per append (log: the batch; hashmap: measured, combined ops
-// / combiner rounds), P = appenders running in parallel (log: threads, each its own replica;
-// hashmap: replicas, one combiner each), T = threads, L_c = the mean delay of access class c:
+// w = write fraction, b = operations per append (log: the batch; hashmap, vmem: measured, combined
+// ops / combiner rounds; fs: not measured, NR-FS keeps its combiners' counters private, so b = 1),
+// P = appenders running in parallel (log: threads, each its own replica; hashmap, vmem: replicas,
+// one combiner each; fs: (replica, log) pairs that have writers, one CNR combiner each),
+// R = replicas, T = threads, p = payloads per write (fs: 1, the pwrite's data; else 0),
+// L_c = the mean delay of access class c:
 //
-//   1/X(L) = 1/X0 + w * ( (L_reserve + L_tail_update) / (b * P)  +  L_write / P  +  L_read )
+//   1/X(L) = 1/X0 + w * ( (L_reserve + L_tail_update) / (b * P)  +  L_write / P  +  L_read * R / P
+//                         + p * (L_write / T + L_payload_read * R / P) )
 //                 + (1 - w) * L_ctail_read / T
 //
 // Each append round pays one reserve and one tail update for b operations (batching divides them
-// by b), one write per operation, and every replica reads every entry (R replicas in parallel each
-// reading all entries: L_read per operation overall). NR reads pay one ctail read each, in parallel
-// over the threads. So batching hides the per-round costs and stops helping once per-entry writes
-// and reads dominate: no batch size hides L_write / P + L_read. It is a first-order model: it
-// assumes the appenders are the bottleneck, that threads do not outnumber cores, and that delays
-// add to, rather than overlap with, the zero-latency work.
+// by b), one write per operation, and every replica reads every entry (R reads per operation,
+// spread over the P appliers: L_read per operation when P = R). A write carrying a payload also
+// writes it (on its own thread) and every replica reads it. NR reads pay one ctail read each, in
+// parallel over the threads. So batching hides the per-round costs and stops helping once
+// per-entry writes and reads dominate: no batch size hides L_write / P + L_read * R / P. It is a
+// first-order model: it assumes the appenders are the bottleneck, that threads do not outnumber
+// cores, and that delays add to, rather than overlap with, the zero-latency work. The TLB
+// shootdowns of vmem and the data copies of fs are in X0 and are not modelled further.
 //
 // Thread safety: run on the main thread; the run_* functions start and join their own workers.
 #pragma once
@@ -44,14 +60,14 @@ inline constexpr uint32_t kMaxLogBatch = 64;  // log subject: most entries per a
 // One line of a plot: a configuration of the subject.
 struct Config {
   uint32_t threads = 1;
-  uint32_t replicas = 1;    // hashmap: replicas the threads are split over; log: one per thread
-  uint32_t write_pct = 100;  // hashmap: % of operations that are writes (puts); log: 100
-  uint32_t batch = 0;       // log: entries per append; hashmap: 0 (measured instead)
-  std::string label;        // "t2 r1 w10" (hashmap), "t2 b8" (log)
+  uint32_t replicas = 1;    // replicas the threads are split over; log: one per thread
+  uint32_t write_pct = 100;  // % of operations that are writes (put, map/unmap, pwrite); log: 100
+  uint32_t batch = 0;       // log: entries per append; others: 0 (measured instead)
+  std::string label;        // "t2 r1 w10" (hashmap, vmem, fs), "t2 b8" (log)
 };
 
 struct Settings {
-  std::string subject;  // "log" or "hashmap"
+  std::string subject;  // "log", "hashmap", "vmem" or "fs"
   std::string log = "ring";
   int log_node = -1;      // logs::kNumaLocal, or a NUMA node for the ring's slots
   std::vector<logs::Delay> latencies;  // one per x value, sorted by mean
@@ -60,7 +76,7 @@ struct Settings {
   uint32_t repeat = 3;
   uint32_t warmup_ms = 200;
   uint32_t duration_ms = 400;
-  uint64_t keys = 1u << 15;
+  uint64_t keys = 1u << 15;  // hashmap
   uint32_t log_slots = 1u << 14;
   uint32_t sample_every = 8;  // time one operation in this many
   uint64_t seed = 1;
@@ -75,12 +91,13 @@ struct Settings {
 // One measured repetition of one point.
 struct Repetition {
   double seconds = 0;
-  uint64_t ops = 0;       // hashmap: reads + writes; log: entries appended
+  uint64_t ops = 0;       // reads + writes (vmem: each map and each unmap); log: entries appended
   uint64_t reads = 0;
   uint64_t writes = 0;
   uint64_t rounds = 0;    // append calls (combiner rounds); 0 if unknown
   uint64_t appended = 0;  // operations those rounds carried
   uint64_t samples = 0;   // timed operations
+  uint32_t appenders = 0;  // the model's P when the run knows it (fs); 0: the subject's default
   // Per-operation latency percentiles in ns (NaN when no operation of that kind was timed). For
   // the log subject an "operation" is one append(batch) + exec.
   double p50_ns = 0, p99_ns = 0;
@@ -101,15 +118,19 @@ struct PointResult {
   std::vector<Repetition> reps;
   Stat throughput, p50, p99;
   double read_p50 = 0, read_p99 = 0, write_p50 = 0, write_p99 = 0;  // medians over repetitions
-  double avg_batch = 0;  // operations per append round
+  double avg_batch = 0;  // operations per append round (NaN: not measured)
+  uint32_t appenders = 0;  // from the repetitions (fs); 0: the subject's default
   uint64_t samples = 0;
   std::optional<double> model;  // expected throughput; none without a zero-latency point
 };
 
 // Runs one point: a warm-up of settings.warmup_ms, then settings.repeat repetitions of
-// settings.duration_ms. Errors: the log's (creation, a full log that timed out).
+// settings.duration_ms. Errors: the log's (creation, a full log that timed out); vmem and fs also
+// Memory::create's and the subsystem's own (creation, an operation that failed: kInternal naming it).
 Result<std::vector<Repetition>> run_log_point(const Settings& s, const Config& c, const logs::LatencyProfile& p);
 Result<std::vector<Repetition>> run_hashmap_point(const Settings& s, const Config& c, const logs::LatencyProfile& p);
+Result<std::vector<Repetition>> run_vmem_point(const Settings& s, const Config& c, const logs::LatencyProfile& p);
+Result<std::vector<Repetition>> run_fs_point(const Settings& s, const Config& c, const logs::LatencyProfile& p);
 
 // Medians and extremes over the repetitions.
 PointResult summarise(const Settings& s, const Config& c, size_t latency_index, std::vector<Repetition> reps);
@@ -122,10 +143,13 @@ struct ModelInput {
   double batch = 1;           // b
   double appenders = 1;       // P
   double threads = 1;         // T
+  double replicas = 1;        // R: replicas that read every entry
+  double payloads = 0;        // p: payloads per write
   std::array<double, logs::kAccessClasses> latency_ns{};  // mean delay per class (0: none)
 };
 inline constexpr const char* kModelFormula =
-    "1/X = 1/X0 + w*((L_reserve + L_tail_update)/(b*P) + L_write/P + L_read) + (1-w)*L_ctail_read/T";
+    "1/X = 1/X0 + w*((L_reserve + L_tail_update)/(b*P) + L_write/P + L_read*R/P"
+    " + p*(L_write/T + L_payload_read*R/P)) + (1-w)*L_ctail_read/T";
 // Expected ops/s; 0 when x0 <= 0.
 double model_throughput(const ModelInput& in);
 // Fills every point's model from its configuration's zero-latency point (if there is one).

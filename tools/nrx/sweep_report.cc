@@ -148,6 +148,7 @@ PointResult summarise(const Settings& s, const Config& c, size_t latency_index, 
     rounds += x.rounds;
     appended += x.appended;
     r.samples += x.samples;
+    r.appenders = std::max(r.appenders, x.appenders);
   }
   r.throughput = stat_of(thr);
   r.p50 = stat_of(p50);
@@ -169,9 +170,12 @@ double model_throughput(const ModelInput& in) {
   const double b = std::max(in.batch, 1.0);
   const double p = std::max(in.appenders, 1.0);
   const double t = std::max(in.threads, 1.0);
+  const double r = std::max(in.replicas, 1.0);
   const double w = std::clamp(in.write_fraction, 0.0, 1.0);
+  const double payloads = std::max(in.payloads, 0.0);
   const double per_write = (L(logs::Access::kReserve) + L(logs::Access::kTailUpdate)) / (b * p) +
-                           L(logs::Access::kEntryWrite) / p + L(logs::Access::kEntryRead);
+                           L(logs::Access::kEntryWrite) / p + L(logs::Access::kEntryRead) * r / p +
+                           payloads * (L(logs::Access::kEntryWrite) / t + L(logs::Access::kPayloadRead) * r / p);
   const double per_read = L(logs::Access::kCtailRead) / t;
   return 1.0 / (1.0 / in.x0 + w * per_write + (1 - w) * per_read);
 }
@@ -187,8 +191,11 @@ void apply_model(const Settings& s, std::vector<PointResult>& points) {
     in.x0 = zero->throughput.median;
     in.write_fraction = p.config.write_pct / 100.0;
     in.batch = std::isnan(p.avg_batch) ? 1.0 : p.avg_batch;
-    in.appenders = s.subject == "log" ? p.config.threads : p.config.replicas;
+    // P and R as the header says: log threads are their own replicas; fs reports its appliers.
+    in.appenders = s.subject == "log" ? p.config.threads : p.appenders > 0 ? p.appenders : p.config.replicas;
     in.threads = p.config.threads;
+    in.replicas = s.subject == "log" ? p.config.threads : p.config.replicas;
+    in.payloads = s.subject == "fs" ? 1 : 0;
     for (size_t i = 0; i < logs::kAccessClasses; ++i) in.latency_ns[i] = s.classes[i] ? p.latency_ns : 0;
     p.model = model_throughput(in);
   }

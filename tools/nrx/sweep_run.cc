@@ -2,9 +2,18 @@
 // its own log (LatencyLog<RingLog>, so every call binds statically) and subject, runs a warm-up,
 // then its repetitions; workers are pinned like `nrx boot` pins them (one emulated node per
 // replica) and time one operation in settings.sample_every with the TSC into a buffer allocated
-// before the clock starts, so the measured loop never allocates.
+// before the clock starts, so the measured loop itself never allocates (the subsystems may: an
+// NR-vMem unmap returns its pieces in a vector, an NR-FS pwrite copies its data into a payload).
+//
+// vmem and fs instantiate their subsystem over LatencyLog<RingLog> here: Vspace is a header
+// template; FileSystem's definitions come from kernel/fs/fs_impl.h, and only the members used here
+// are instantiated (implicitly, in this one file). An explicit `template class` instantiation
+// would also instantiate FileSystem::create, which calls L::create(LogOptions), a factory the
+// decorator does not have (it wraps an inner log: with_latency), so it does not compile.
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -18,9 +27,13 @@
 #include "base/cacheline.h"
 #include "base/spin.h"
 #include "kernel/boot/topology.h"
+#include "kernel/fs/fs_impl.h"
+#include "kernel/mem/frame.h"
+#include "kernel/mem/memory.h"
 #include "kernel/nr/ds/hashmap.h"
 #include "kernel/nr/replica.h"
 #include "kernel/nr/rwlock.h"
+#include "kernel/vmem/vspace.h"
 #include "logs/latency/latency_log.h"
 #include "logs/latency/tsc.h"
 #include "logs/ring/ring_log.h"
@@ -66,9 +79,17 @@ struct Phase {
   std::atomic<bool> stop{false};
 
   void check_in_and_wait() {
+    check_in_and_wait([] {});
+  }
+  // The same, calling idle() while it waits: a vmem core must keep answering shootdowns.
+  template <typename Idle>
+  void check_in_and_wait(Idle&& idle) {
     // release/acquire: the coordinator starts the clock only after every worker is set up.
     ready.fetch_add(1, std::memory_order_release);
-    while (!go.load(std::memory_order_acquire)) cpu_relax();
+    while (!go.load(std::memory_order_acquire)) {
+      idle();
+      cpu_relax();
+    }
   }
   // relaxed: a flag polled every operation; a few extra operations after it flips are counted.
   bool stopped() const { return stop.load(std::memory_order_relaxed); }
@@ -140,6 +161,22 @@ logs::LogOptions log_options(const Settings& s, uint32_t entry_size, uint32_t re
 }
 
 Result<boot::Topology> placement(uint32_t nodes) { return boot::Topology::detect().emulate(nodes); }
+
+// Memory with one pool per entry of |pool_nodes| (emulated nodes of |topo|), each bound to the
+// real node behind it where libnuma works (as `nrx fs mount` does).
+Result<std::unique_ptr<mem::Memory>> make_memory(const boot::Topology& topo, const std::vector<uint32_t>& pool_nodes,
+                                                 uint64_t pool_bytes) {
+  mem::MemoryOptions mo;
+  mo.nodes = static_cast<uint32_t>(pool_nodes.size());
+  mo.pool_bytes = round_up(pool_bytes, mem::kLargeFrameSize);
+  if (topo.numa_available) {
+    for (uint32_t n : pool_nodes) mo.physical_nodes.push_back(topo.nodes[n].physical_node);
+  }
+  return mem::Memory::create(mo);
+}
+
+// A put, map/unmap or pwrite when the low 16 bits of a draw fall under this: no division per op.
+uint64_t write_threshold(const Config& c) { return uint64_t{c.write_pct} * 65536 / 100; }
 
 std::string first_error(const std::vector<Worker>& workers) {
   for (const Worker& w : workers) {
@@ -269,8 +306,7 @@ Result<std::vector<Repetition>> run_hashmap_point(const Settings& s, const Confi
 
   const logs::Tsc& tsc = logs::Tsc::get();
   std::vector<Worker> workers = make_workers(threads);
-  // A put when the low 16 bits fall under the threshold: no division per operation.
-  const uint64_t write_threshold = uint64_t{c.write_pct} * 65536 / 100;
+  const uint64_t write_below = write_threshold(c);
   const uint64_t keys = s.keys;
 
   auto body = [&](uint32_t t, Worker& w, Phase& phase) {
@@ -285,7 +321,7 @@ Result<std::vector<Repetition>> run_hashmap_point(const Settings& s, const Confi
     while (!phase.stopped()) {
       const uint64_t x = rng.next();
       const uint64_t key = (x >> 16) % keys;
-      const bool write = (x & 0xffff) < write_threshold;
+      const bool write = (x & 0xffff) < write_below;
       const bool timed = --until_sample == 0;
       const uint64_t t0 = timed ? tsc.now() : 0;
       if (write) {
@@ -338,6 +374,299 @@ Result<std::vector<Repetition>> run_hashmap_point(const Settings& s, const Confi
   }
   // Bring every replica to the tail before the group goes, so no thread is left mid-combine.
   for (MapReplica* m : reps) m->sync();
+  return out;
+}
+
+// ---- vmem: NR-vMem map/unmap and Resolve, each thread a core in its own region ---------------
+
+namespace {
+
+constexpr uint64_t kPage = mem::kBaseFrameSize;
+// Thread t's region starts at (t + 1) GiB: regions 1 GiB apart, as in bench_vmem, so no two
+// threads share a page table below the PDPT.
+constexpr uint64_t kVmemRegionStride = uint64_t{1} << 30;
+// Pages 0..kVmemResidentPages-1 of a region stay mapped for the whole point: the reads' pages. They
+// also keep the region's page tables alive, so the churn below never allocates or frees a table.
+// Page 0 is the core's anchor: translating it (a TLB hit) is how a busy core polls for shootdowns.
+constexpr uint32_t kVmemResidentPages = 32;
+// The next kVmemChurnPages pages are mapped and unmapped in turn by the writes.
+constexpr uint32_t kVmemChurnPages = 32;
+constexpr uint64_t kVmemRegionPages = kVmemResidentPages + kVmemChurnPages;
+// Per replica pool, for the page tables: a PD and a PT per region and the root and PDPT, with room.
+constexpr uint64_t kVmemTablePoolBytes = 8ull << 20;
+
+// Where a vmem worker's writes are: the next churn page, and whether it is mapped. Kept across
+// phases (a phase may stop between a map and its unmap).
+struct alignas(kInterferenceSize) ChurnCursor {
+  uint32_t next = 0;
+  bool mapped = false;
+};
+
+}  // namespace
+
+Result<std::vector<Repetition>> run_vmem_point(const Settings& s, const Config& c, const logs::LatencyProfile& p) {
+  using Vspace = vmem::Vspace<LatencyRing>;
+  const uint32_t threads = c.threads;
+  const uint32_t replicas = c.replicas;
+  NRX_ASSIGN_OR_RETURN(boot::Topology topo, placement(replicas));
+  // Pools 0..R-1 hold the replicas' page tables (each its node's); pool R is user memory, whose
+  // frames the workers map by name (vspace_test's pattern: nothing reads or allocates them).
+  std::vector<uint32_t> pool_nodes;
+  for (uint32_t r = 0; r < replicas; ++r) pool_nodes.push_back(r);
+  pool_nodes.push_back(0);
+  const uint32_t user_pool = replicas;
+  const uint64_t pool_bytes = std::max<uint64_t>(kVmemTablePoolBytes, threads * kVmemRegionPages * kPage);
+  NRX_ASSIGN_OR_RETURN(std::unique_ptr<mem::Memory> memory, make_memory(topo, pool_nodes, pool_bytes));
+  vmem::VspaceOptions vo;
+  vo.replica_pools.clear();
+  for (uint32_t r = 0; r < replicas; ++r) vo.replica_pools.push_back(r);
+  vo.log = log_options(s, sizeof(vmem::AddressSpace::WriteOp), replicas);
+  vo.max_cores_per_replica = (threads + replicas - 1) / replicas;
+  NRX_ASSIGN_OR_RETURN(std::unique_ptr<Vspace> vs,
+                       Vspace::create(*memory, vo, logs::with_latency<logs::RingLog>(p, &logs::RingLog::create)));
+
+  auto region = [](uint32_t t) { return (uint64_t{t} + 1) * kVmemRegionStride; };
+  auto user_frame = [user_pool](uint32_t t, uint64_t page) {
+    return mem::Frame{.pool = user_pool, .offset = (uint64_t{t} * kVmemRegionPages + page) * kPage};
+  };
+  // Thread t is a core on replica t % R. The set-up thread maps every region's resident pages (a
+  // map shoots nothing down), then deschedules every core: a worker schedules its core when its
+  // phase starts and deschedules it before leaving, so no Unmap ever waits on a core nobody polls.
+  std::vector<Vspace::Core*> cores;
+  for (uint32_t t = 0; t < threads; ++t) {
+    NRX_ASSIGN_OR_RETURN(Vspace::Core* core, vs->attach_core(t % replicas));
+    cores.push_back(core);
+  }
+  for (uint32_t t = 0; t < threads; ++t) {
+    if (Status st = vs->map(*cores[t], user_frame(t, 0), region(t), kVmemResidentPages * kPage, vmem::rights::kWrite);
+        !st.ok()) {
+      return Status::internal("vmem subject: mapping the resident pages: " + st.to_string());
+    }
+  }
+  for (Vspace::Core* core : cores) vs->deschedule(*core);
+  std::vector<ChurnCursor> cursors(threads);
+
+  const logs::Tsc& tsc = logs::Tsc::get();
+  std::vector<Worker> workers = make_workers(threads);
+  const uint64_t write_below = write_threshold(c);
+
+  auto body = [&](uint32_t t, Worker& w, Phase& phase) {
+    const uint32_t r = t % replicas;
+    boot::pin_current_thread(topo.nodes[r].cpus);
+    Vspace::Core& core = *cores[t];
+    ChurnCursor& cursor = cursors[t];
+    const uint64_t base = region(t);
+    Rng rng(s.seed * 0x9e3779b97f4a7c15ull + t);
+    uint32_t until_sample = s.sample_every;
+    uint64_t sink = 0;
+    // A scheduled core receives shootdowns, so from here until deschedule it must keep polling:
+    // while it waits for go, and between operations (vspace.h, thread safety).
+    vs->schedule(core);
+    auto poll = [&] { (void)vs->translate(core, base, vmem::Access::kRead); };
+    phase.check_in_and_wait(poll);
+    while (!phase.stopped()) {
+      const uint64_t x = rng.next();
+      const bool write = (x & 0xffff) < write_below;
+      const bool timed = --until_sample == 0;
+      const uint64_t t0 = timed ? tsc.now() : 0;
+      if (write) {
+        // Map the churn page, or unmap it (with the shootdown to every other scheduled core).
+        const uint64_t page = kVmemResidentPages + cursor.next;
+        const uint64_t va = base + page * kPage;
+        Status st = cursor.mapped ? vs->unmap(core, va, kPage).status()
+                                  : vs->map(core, user_frame(t, page), va, kPage, vmem::rights::kWrite);
+        if (!st.ok()) {
+          w.error = std::string(cursor.mapped ? "unmap: " : "map: ") + st.to_string();
+          break;
+        }
+        if (cursor.mapped) cursor.next = (cursor.next + 1) % kVmemChurnPages;
+        cursor.mapped = !cursor.mapped;
+        ++w.writes;
+      } else {
+        // A TLB miss on a resident page (never the anchor): the core's entry is dropped, so
+        // translate walks the replica, synced to the log first (Resolve, an NR read).
+        const uint64_t va = base + (1 + (x >> 16) % (kVmemResidentPages - 1)) * kPage;
+        core.tlb().flush(va, kPage);
+        Result<vmem::Walk> walk = vs->translate(core, va, vmem::Access::kRead);
+        if (!walk.ok()) {
+          w.error = "translate: " + walk.status().to_string();
+          break;
+        }
+        sink += walk->paddr;
+        ++w.reads;
+      }
+      if (timed) {
+        w.record(tsc.now() - t0, write);
+        until_sample = s.sample_every;
+      }
+      ++w.ops;
+      if (write) poll();  // a read's translate has polled already
+    }
+    vs->deschedule(core);  // answers what was posted to it; receives nothing more
+    w.sink = sink;
+  };
+
+  auto rounds = [&] {
+    uint64_t b = 0, o = 0;
+    for (uint32_t r = 0; r < replicas; ++r) {
+      b += vs->group().replica(r).combined_batches();
+      o += vs->group().replica(r).combined_ops();
+    }
+    return std::pair<uint64_t, uint64_t>(b, o);
+  };
+
+  (void)run_phase(threads, s.warmup_ms, workers, body);
+  if (std::string e = first_error(workers); !e.empty()) return Status::internal("vmem subject: " + e);
+  std::vector<Repetition> out;
+  for (uint32_t k = 0; k < s.repeat; ++k) {
+    const auto before = rounds();
+    Repetition rep;
+    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
+    if (std::string e = first_error(workers); !e.empty()) return Status::internal("vmem subject: " + e);
+    const auto after = rounds();
+    rep.rounds = after.first - before.first;
+    rep.appended = after.second - before.second;
+    for (const Worker& w : workers) {
+      rep.ops += w.ops;
+      rep.reads += w.reads;
+      rep.writes += w.writes;
+    }
+    fill_percentiles(workers, rep);
+    out.push_back(rep);
+  }
+  return out;
+}
+
+// ---- fs: NR-FS 1 KiB pread/pwrite, each thread its own file (fxmark-like) --------------------
+
+namespace {
+
+constexpr uint64_t kFsBlockBytes = 1024;  // one pread or pwrite
+constexpr uint64_t kFsFileBlocks = 1024;  // 1 MiB per file: small, so set-up stays short
+constexpr uint64_t kFsFileBytes = kFsFileBlocks * kFsBlockBytes;
+constexpr uint64_t kFsPrefillBytes = fs::kMaxIo;  // the largest write NR-FS takes
+constexpr uint64_t kFsPoolSlack = 8ull << 20;     // beyond the files' data, per replica
+constexpr uint32_t kFsLogs = 4;                   // CNR logs, as `nrx fs mount` and bench_fs
+static_assert(kFsFileBytes % kFsPrefillBytes == 0);
+
+}  // namespace
+
+Result<std::vector<Repetition>> run_fs_point(const Settings& s, const Config& c, const logs::LatencyProfile& p) {
+  using Fs = fs::FileSystem<LatencyRing>;
+  const uint32_t threads = c.threads;
+  const uint32_t replicas = c.replicas;
+  NRX_ASSIGN_OR_RETURN(boot::Topology topo, placement(replicas));
+  std::vector<uint32_t> pool_nodes;
+  for (uint32_t r = 0; r < replicas; ++r) pool_nodes.push_back(r);
+  // Every replica holds every file.
+  NRX_ASSIGN_OR_RETURN(std::unique_ptr<mem::Memory> memory,
+                       make_memory(topo, pool_nodes, uint64_t{threads} * kFsFileBytes + kFsPoolSlack));
+  fs::FsOptions fo;
+  fo.logs = kFsLogs;
+  fo.replica_pools = pool_nodes;
+  fo.log_slots = s.log_slots;
+  fo.max_threads_per_replica = (threads + replicas - 1) / replicas;
+  // NR-FS sets the logs' geometry itself; the sweep adds the placement (--log-node).
+  auto decorated = logs::with_latency<logs::RingLog>(p, &logs::RingLog::create);
+  auto create_log = [&decorated, node = s.log_node](const logs::LogOptions& options) {
+    logs::LogOptions o = options;
+    o.numa_node = node;
+    return decorated(o);
+  };
+  NRX_ASSIGN_OR_RETURN(std::unique_ptr<Fs> nrfs, Fs::create_with(*memory, fo, create_log));
+
+  // Thread t works on replica t % R with a handle made once and reused by each phase's thread, on
+  // its own file, created and filled through thread 0's handle; then every replica applies the
+  // logs (fsync through a handle on it), so no measured read meets a hole or an unapplied prefill.
+  std::vector<fs::Handle> handles;
+  for (uint32_t t = 0; t < threads; ++t) {
+    NRX_ASSIGN_OR_RETURN(fs::Handle h, nrfs->attach(t % replicas));
+    handles.push_back(h);
+  }
+  std::vector<fs::Ino> inos;
+  std::vector<std::byte> chunk(kFsPrefillBytes);
+  for (uint32_t t = 0; t < threads; ++t) {
+    NRX_ASSIGN_OR_RETURN(fs::Ino ino, nrfs->open(handles[0], "/sweep-" + std::to_string(t), fs::kCreate | fs::kWrite));
+    for (uint64_t off = 0; off < kFsFileBytes; off += kFsPrefillBytes) {
+      for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<std::byte>((off + i) * 131 + t);
+      NRX_ASSIGN_OR_RETURN(size_t n, nrfs->pwrite(handles[0], ino, chunk, off));
+      if (n != chunk.size()) return Status::internal("fs subject: a prefill write was short");
+    }
+    inos.push_back(ino);
+  }
+  for (uint32_t r = 0; r < replicas; ++r) {  // thread r is on replica r (R <= T)
+    for (fs::Ino ino : inos) {
+      NRX_RETURN_IF_ERROR(nrfs->fsync(handles[r], ino));
+      NRX_ASSIGN_OR_RETURN(fs::Stat st, nrfs->fstat(handles[r], ino));
+      if (st.size != kFsFileBytes) return Status::internal("fs subject: a replica lacks prefill data");
+    }
+  }
+  // The model's P: CNR combiners with writers, one per (replica, log) pair; a file's writes go to
+  // log ino mod logs (fs.h).
+  uint32_t appenders = 0;
+  for (uint32_t r = 0; r < replicas; ++r) {
+    uint64_t used = 0;  // bit per log
+    for (uint32_t t = r; t < threads; t += replicas) used |= uint64_t{1} << (inos[t] % nrfs->logs());
+    appenders += static_cast<uint32_t>(std::popcount(used));
+  }
+
+  const logs::Tsc& tsc = logs::Tsc::get();
+  std::vector<Worker> workers = make_workers(threads);
+  const uint64_t write_below = write_threshold(c);
+
+  auto body = [&](uint32_t t, Worker& w, Phase& phase) {
+    boot::pin_current_thread(topo.nodes[t % replicas].cpus);
+    fs::Handle& h = handles[t];
+    const fs::Ino ino = inos[t];
+    Rng rng(s.seed * 0x9e3779b97f4a7c15ull + t);
+    std::array<std::byte, kFsBlockBytes> in, out;
+    for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<std::byte>(i * 7 + t);
+    uint32_t until_sample = s.sample_every;
+    uint64_t sink = 0;
+    phase.check_in_and_wait();
+    while (!phase.stopped()) {
+      const uint64_t x = rng.next();
+      const bool write = (x & 0xffff) < write_below;
+      const uint64_t offset = ((x >> 16) % kFsFileBlocks) * kFsBlockBytes;
+      const bool timed = --until_sample == 0;
+      const uint64_t t0 = timed ? tsc.now() : 0;
+      Result<size_t> moved = write ? nrfs->pwrite(h, ino, in, offset) : nrfs->pread(h, ino, out, offset);
+      if (!moved.ok() || *moved != kFsBlockBytes) {
+        w.error = std::string(write ? "pwrite: " : "pread: ") +
+                  (moved.ok() ? "moved " + std::to_string(*moved) + " bytes, not 1024" : moved.status().to_string());
+        break;
+      }
+      if (timed) {
+        w.record(tsc.now() - t0, write);
+        until_sample = s.sample_every;
+      }
+      if (write) {
+        ++w.writes;
+      } else {
+        sink += static_cast<uint64_t>(out[0]);
+        ++w.reads;
+      }
+      ++w.ops;
+    }
+    w.sink = sink;
+  };
+
+  (void)run_phase(threads, s.warmup_ms, workers, body);
+  if (std::string e = first_error(workers); !e.empty()) return Status::internal("fs subject: " + e);
+  std::vector<Repetition> out;
+  for (uint32_t k = 0; k < s.repeat; ++k) {
+    Repetition rep;
+    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
+    if (std::string e = first_error(workers); !e.empty()) return Status::internal("fs subject: " + e);
+    for (const Worker& w : workers) {
+      rep.ops += w.ops;
+      rep.reads += w.reads;
+      rep.writes += w.writes;
+    }
+    rep.appenders = appenders;  // rounds and appended stay 0: NR-FS does not report its combining
+    fill_percentiles(workers, rep);
+    out.push_back(rep);
+  }
   return out;
 }
 
