@@ -187,6 +187,38 @@ std::string first_error(const std::vector<Worker>& workers) {
 
 }  // namespace
 
+// A point's measurement: a warm-up phase, then settings.repeat measured phases of |body|.
+// |rounds()| returns the subject's cumulative (append rounds, operations appended), or {0, 0}
+// when it does not report them; the difference over each phase goes into its repetition.
+// For subjects that do not report their combining.
+std::pair<uint64_t, uint64_t> no_rounds() { return {0, 0}; }
+
+template <typename Body, typename Rounds>
+Result<std::vector<Repetition>> measure(const Settings& s, uint32_t threads, std::vector<Worker>& workers,
+                                        Body& body, const char* subject, Rounds&& rounds) {
+  (void)run_phase(threads, s.warmup_ms, workers, body);
+  auto failed = [&](const std::string& e) { return Status::internal(std::string(subject) + " subject: " + e); };
+  if (std::string e = first_error(workers); !e.empty()) return failed(e);
+  std::vector<Repetition> out;
+  for (uint32_t k = 0; k < s.repeat; ++k) {
+    const std::pair<uint64_t, uint64_t> before = rounds();
+    Repetition rep;
+    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
+    if (std::string e = first_error(workers); !e.empty()) return failed(e);
+    const std::pair<uint64_t, uint64_t> after = rounds();
+    rep.rounds = after.first - before.first;
+    rep.appended = after.second - before.second;
+    for (const Worker& w : workers) {
+      rep.ops += w.ops;
+      rep.reads += w.reads;
+      rep.writes += w.writes;
+    }
+    fill_percentiles(workers, rep);
+    out.push_back(rep);
+  }
+  return out;
+}
+
 // ---- log: append + exec of the decorated ring, each thread its own replica (as bench_log) ------
 
 Result<std::vector<Repetition>> run_log_point(const Settings& s, const Config& c, const logs::LatencyProfile& p) {
@@ -249,21 +281,10 @@ Result<std::vector<Repetition>> run_log_point(const Settings& s, const Config& c
     w.sink = sink;
   };
 
-  (void)run_phase(threads, s.warmup_ms, workers, body);
-  if (std::string e = first_error(workers); !e.empty()) return Status::internal("log subject: " + e);
-  std::vector<Repetition> reps;
-  for (uint32_t k = 0; k < s.repeat; ++k) {
-    Repetition rep;
-    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
-    if (std::string e = first_error(workers); !e.empty()) return Status::internal("log subject: " + e);
-    for (const Worker& w : workers) {
-      rep.ops += w.ops;
-      rep.writes += w.writes;
-    }
+  NRX_ASSIGN_OR_RETURN(std::vector<Repetition> reps, measure(s, threads, workers, body, "log", no_rounds));
+  for (Repetition& rep : reps) {  // every append carries exactly |batch| entries
     rep.appended = rep.ops;
     rep.rounds = rep.ops / batch;
-    fill_percentiles(workers, rep);
-    reps.push_back(rep);
   }
   return reps;
 }
@@ -353,25 +374,7 @@ Result<std::vector<Repetition>> run_hashmap_point(const Settings& s, const Confi
     return std::pair<uint64_t, uint64_t>(b, o);
   };
 
-  (void)run_phase(threads, s.warmup_ms, workers, body);
-  if (std::string e = first_error(workers); !e.empty()) return Status::internal("hashmap subject: " + e);
-  std::vector<Repetition> out;
-  for (uint32_t k = 0; k < s.repeat; ++k) {
-    const auto before = rounds();
-    Repetition rep;
-    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
-    if (std::string e = first_error(workers); !e.empty()) return Status::internal("hashmap subject: " + e);
-    const auto after = rounds();
-    rep.rounds = after.first - before.first;
-    rep.appended = after.second - before.second;
-    for (const Worker& w : workers) {
-      rep.ops += w.ops;
-      rep.reads += w.reads;
-      rep.writes += w.writes;
-    }
-    fill_percentiles(workers, rep);
-    out.push_back(rep);
-  }
+  NRX_ASSIGN_OR_RETURN(std::vector<Repetition> out, measure(s, threads, workers, body, "hashmap", rounds));
   // Bring every replica to the tail before the group goes, so no thread is left mid-combine.
   for (MapReplica* m : reps) m->sync();
   return out;
@@ -515,25 +518,7 @@ Result<std::vector<Repetition>> run_vmem_point(const Settings& s, const Config& 
     return std::pair<uint64_t, uint64_t>(b, o);
   };
 
-  (void)run_phase(threads, s.warmup_ms, workers, body);
-  if (std::string e = first_error(workers); !e.empty()) return Status::internal("vmem subject: " + e);
-  std::vector<Repetition> out;
-  for (uint32_t k = 0; k < s.repeat; ++k) {
-    const auto before = rounds();
-    Repetition rep;
-    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
-    if (std::string e = first_error(workers); !e.empty()) return Status::internal("vmem subject: " + e);
-    const auto after = rounds();
-    rep.rounds = after.first - before.first;
-    rep.appended = after.second - before.second;
-    for (const Worker& w : workers) {
-      rep.ops += w.ops;
-      rep.reads += w.reads;
-      rep.writes += w.writes;
-    }
-    fill_percentiles(workers, rep);
-    out.push_back(rep);
-  }
+  NRX_ASSIGN_OR_RETURN(std::vector<Repetition> out, measure(s, threads, workers, body, "vmem", rounds));
   return out;
 }
 
@@ -651,22 +636,9 @@ Result<std::vector<Repetition>> run_fs_point(const Settings& s, const Config& c,
     w.sink = sink;
   };
 
-  (void)run_phase(threads, s.warmup_ms, workers, body);
-  if (std::string e = first_error(workers); !e.empty()) return Status::internal("fs subject: " + e);
-  std::vector<Repetition> out;
-  for (uint32_t k = 0; k < s.repeat; ++k) {
-    Repetition rep;
-    rep.seconds = run_phase(threads, s.duration_ms, workers, body);
-    if (std::string e = first_error(workers); !e.empty()) return Status::internal("fs subject: " + e);
-    for (const Worker& w : workers) {
-      rep.ops += w.ops;
-      rep.reads += w.reads;
-      rep.writes += w.writes;
-    }
-    rep.appenders = appenders;  // rounds and appended stay 0: NR-FS does not report its combining
-    fill_percentiles(workers, rep);
-    out.push_back(rep);
-  }
+  NRX_ASSIGN_OR_RETURN(std::vector<Repetition> out, measure(s, threads, workers, body, "fs", no_rounds));
+  // rounds and appended stay 0: NR-FS does not report its combining
+  for (Repetition& rep : out) rep.appenders = appenders;
   return out;
 }
 
