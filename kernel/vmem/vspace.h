@@ -16,6 +16,11 @@
 // first. So once Unmap returns, no core translates through the unmapped range (tested by
 // vspace_test's ShootdownIsComplete), and the caller may free the returned frames.
 //
+// MapCopy (map_copy): the bytes go into the log's payload table before the op is logged (DESIGN
+// 3.3); every replica copies them into its own fresh frames, in its own node's memory (NrOS paper
+// section 4.4: read-only segments are replicated), and releases the payload. Those pages are owned
+// by the replicas: Unmap frees them in each replica and does not return them.
+//
 // L is the log backend type (logs::RingLog for the single-box kernel; logs::Log for any).
 //
 // Thread safety: map/unmap/adjust/resolve/translate are safe from any thread, each with its own
@@ -27,6 +32,7 @@
 //   auto vs = Vspace<logs::RingLog>::create(memory, {.replica_pools = {0, 1}}, &logs::RingLog::create).value();
 //   auto* core = vs->attach_core(/*slot=*/0).value();
 //   NRX_CHECK(vs->map(*core, frame, 0x40'0000, 4096, rights::kWrite).ok(), "map");
+//   NRX_CHECK(vs->map_copy(*core, code_bytes, 0x20'0000, 0x3000, rights::kExecute).ok(), "map_copy");
 //   uint64_t pa = vs->translate(*core, 0x40'0010, Access::kWrite).value().paddr;
 //   auto freed = vs->unmap(*core, 0x40'0000, 4096).value();   // every TLB flushed; free the frames
 #pragma once
@@ -35,6 +41,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,8 +59,9 @@
 namespace nrx::vmem {
 
 struct VspaceOptions {
-  // One replica per entry: the pool its page tables come from (its node's pool).
+  // One replica per entry: the pool its page tables and MapCopy pages come from (its node's pool).
   std::vector<uint32_t> replica_pools = {0};
+  // entry_size: at least sizeof(AddressSpace::WriteOp) (56); create() refuses less.
   logs::LogOptions log{.entry_size = 64, .slot_count = 1u << 12};
   uint32_t max_cores_per_replica = 64;
 };
@@ -101,7 +109,7 @@ class Vspace {
     NRX_ASSIGN_OR_RETURN(vs->group_, Group::create(log, std::forward<CreateLog>(create_log)));
     for (uint32_t s = 0; s < options.replica_pools.size(); ++s) {
       NRX_ASSIGN_OR_RETURN(mem::Frame root, memory.ncache(options.replica_pools[s]).allocate(mem::FrameClass::kBase));
-      auto as = AddressSpace::create(memory, vs->det_.get(), s, root);
+      auto as = AddressSpace::create(memory, vs->det_.get(), s, root, &vs->group_->log());
       if (!as.ok()) {
         (void)memory.ncache(root.pool).free(root);
         return as.status();
@@ -112,7 +120,12 @@ class Vspace {
     return vs;
   }
 
-  ~Vspace() = default;
+  // Brings every replica up to the log first, so that frames allocated for an op (MapCopy's
+  // pages, page tables) reach the replica that owns them and every payload is released.
+  ~Vspace() {
+    if (group_ == nullptr) return;
+    for (size_t i = 0; i < group_->size(); ++i) group_->replica(i).sync();
+  }
 
   uint32_t replicas() const { return static_cast<uint32_t>(group_->size()); }
   Group& group() const { return *group_; }
@@ -153,8 +166,40 @@ class Vspace {
     return write(core, AddressSpace::map_op(frame, vaddr, len, r)).status();
   }
 
+  // MapCopy(bytes, vaddr, len, rights): maps [vaddr, vaddr+len) to fresh 4 KiB frames of each
+  // replica's own pool holding |bytes| followed by zeros (|bytes| may be empty: all zeros). Bad
+  // input is refused before anything is logged. Errors: kInvalidArgument (see
+  // AddressSpace::validate: alignment, range, |bytes| longer than |len|, |len| above
+  // AddressSpace::kMaxMapCopyBytes); kAlreadyExists (a page of the range is mapped: nothing is
+  // allocated); kResourceExhausted (a replica's pool has no frames for the pages or their tables:
+  // nothing is mapped or allocated on any replica; or the log's payload table is full); the log's
+  // append errors (kDeadlineExceeded: the log stayed full; the payload is released here).
+  Status map_copy(Core& core, std::span<const std::byte> bytes, uint64_t vaddr, uint64_t len, uint8_t r) {
+    if (bytes.size() > AddressSpace::kMaxMapCopyBytes || bytes.size() > UINT32_MAX) {
+      return Status::invalid_argument("MapCopy payload of " + std::to_string(bytes.size()) + " bytes is too large");
+    }
+    // The length stands in for the payload until it is put, so validate() sees it.
+    AddressSpace::WriteOp op = AddressSpace::map_copy_op(
+        logs::PayloadRef{.where = 0, .length = static_cast<uint32_t>(bytes.size()), .generation = 0}, vaddr, len, r);
+    NRX_RETURN_IF_ERROR(AddressSpace::validate(op, memory_.physical()));
+    logs::Log& log = group_->log();
+    op.data = {};
+    if (!bytes.empty()) {
+      NRX_ASSIGN_OR_RETURN(op.data, log.payload_put(bytes));
+    }
+    Result<AddressSpace::Response> res = core.replica_->execute_mut(op, core.token_);
+    if (!res.ok()) {  // never logged: release for every replica, as they would have
+      if (!bytes.empty()) {
+        for (size_t i = 0; i < group_->size(); ++i) (void)log.payload_release(group_->replica(i).id(), op.data);
+      }
+      return res.status();
+    }
+    return res->status;
+  }
+
   // Unmap(vaddr, len): returns the pieces removed once every core running the process has flushed
-  // them from its TLB (the frames may be freed then). Errors: as map.
+  // them from its TLB (the frames may be freed then). Owned pieces (MapCopy pages) are not
+  // returned: each replica freed its own when it applied the op. Errors: as map.
   Result<std::vector<Mapping>> unmap(Core& core, uint64_t vaddr, uint64_t len) {
     NRX_ASSIGN_OR_RETURN(AddressSpace::Response r, write(core, AddressSpace::unmap_op(vaddr, len)));
     shootdown(core, vaddr, len);

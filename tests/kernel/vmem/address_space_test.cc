@@ -18,7 +18,7 @@ constexpr uint64_t k2M = mem::kLargeFrameSize;
 // Intel SDM Vol. 3A, Table 4-19 (4-KByte page PTE) and 4-18 (2-MByte page PDE).
 static_assert(pte::kPresent == 0x1 && pte::kWritable == 0x2 && pte::kUser == 0x4 && pte::kAccessed == 0x20 &&
               pte::kDirty == 0x40 && pte::kPageSize == 0x80 && pte::kNoExecute == 0x8000'0000'0000'0000);
-static_assert(sizeof(AddressSpace::WriteOp) == 40 && std::is_trivially_copyable_v<AddressSpace::WriteOp>);
+static_assert(sizeof(AddressSpace::WriteOp) == 56 && std::is_trivially_copyable_v<AddressSpace::WriteOp>);
 
 class AddressSpaceTest : public ::testing::Test {
  protected:

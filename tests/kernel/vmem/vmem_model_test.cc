@@ -1,9 +1,12 @@
-// Model-based test of NR-vMem: random Map/Unmap/Adjust/Resolve sequences on an address space
-// replicated twice over a ring log, issued alternately through both replicas, compared op by op
-// with a plain sequential model (a map from page to translation). For every address an op touches,
-// the page walker of each replica, the mapping B-tree of each replica and the model must agree;
-// every few thousand ops the whole state is cross-checked (every mapped page walked, every leaf
-// accounted for) and the replicas' digests must be equal.
+// Model-based test of NR-vMem: random Map/MapCopy/Unmap/Adjust/Resolve sequences on an address
+// space replicated twice over a ring log, issued alternately through both replicas, compared op by
+// op with a plain sequential model (a map from page to translation). For every address an op
+// touches, the page walker of each replica, the mapping B-tree of each replica and the model must
+// agree (a MapCopy page: in the replica's own pool, holding the model's bytes); every few thousand
+// ops the whole state is cross-checked (every mapped page walked, every leaf accounted for), the
+// replicas' digests must be equal and no payload may be left; at the end, destroying the address
+// space gives back every frame it allocated.
+#include <cstring>
 #include <map>
 #include <optional>
 #include <random>
@@ -29,9 +32,11 @@ constexpr uint64_t kZones[] = {0x40'0000, (uint64_t{1} << 39) - 8 * kMiB, (uint6
                                (uint64_t{1} << 47) - kWindow};
 
 struct Page {
-  uint64_t paddr;  // of the page's first byte
+  uint64_t paddr;  // of the page's first byte (0 for an owned page: it differs by replica)
   uint8_t rights;
   mem::FrameClass cls;
+  bool owned = false;  // MapCopy: a 4 KiB page of the replica's own pool
+  uint64_t head = 0;   // owned: the page's first 8 bytes
 };
 
 // The sequential model: page start -> page.
@@ -55,6 +60,17 @@ class Model {
     return StatusCode::kOk;
   }
 
+  // |heads|: the first 8 bytes of each page.
+  StatusCode map_copy(uint64_t va, uint64_t len, uint8_t r, const std::vector<uint64_t>& heads) {
+    for (uint64_t a = va; a < va + len; a += k4K) {
+      if (find(a)) return StatusCode::kAlreadyExists;
+    }
+    for (uint64_t a = va; a < va + len; a += k4K) {
+      pages_[a] = Page{0, r, mem::FrameClass::kBase, true, heads[(a - va) / k4K]};
+    }
+    return StatusCode::kOk;
+  }
+
   // Checks coverage like AddressSpace: first a gap (kNotFound), then a split 2 MiB page.
   StatusCode check_range(uint64_t va, uint64_t len) const {
     for (uint64_t a = va; a < va + len; a += k4K) {
@@ -67,14 +83,14 @@ class Model {
     return StatusCode::kOk;
   }
 
-  // Removes the range; returns the bytes removed.
+  // Removes the range; returns the bytes removed that are not owned (what Unmap hands back).
   uint64_t unmap(uint64_t va, uint64_t len) {
     uint64_t removed = 0;
     for (uint64_t a = va; a < va + len;) {
       auto p = find(a);
       const uint64_t size = mem::frame_size(p->second.cls);
       pages_.erase(p->first);
-      removed += size;
+      if (!p->second.owned) removed += size;
       a = p->first + size;
     }
     return removed;
@@ -105,6 +121,7 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
   constexpr int kOps = 50'000;  // x 4 seeds = 2 x 10^5 operations
   std::mt19937_64 rng(GetParam());
   auto memory = mem::Memory::create({.nodes = 3, .pool_bytes = kUserBytes}).value();
+  const uint64_t free_at_start[2] = {memory->ncache(0).stats().free_bytes(), memory->ncache(1).stats().free_bytes()};
   VspaceOptions options{.replica_pools = {0, 1}, .log = {.entry_size = 64, .slot_count = 256}};
   auto vs = Vspace<logs::RingLog>::create(*memory, options, &logs::RingLog::create).value();
   using Core = Vspace<logs::RingLog>::Core;
@@ -136,9 +153,18 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
     }
     return va;
   };
+  // An owned page as replica |c| translates it: in its own pool, holding the model's bytes.
+  auto check_owned = [&](int c, uint64_t va, uint64_t paddr, const std::pair<uint64_t, Page>& want) {
+    EXPECT_EQ(paddr >> mem::kPoolShift, static_cast<uint64_t>(c)) << std::hex << va;
+    const std::byte* p = memory->physical().paddr_ptr(paddr - (va - want.first), 8);
+    ASSERT_NE(p, nullptr) << std::hex << va;
+    uint64_t head;
+    std::memcpy(&head, p, sizeof head);
+    EXPECT_EQ(head, want.second.head) << std::hex << va;
+  };
   auto check_addresses = [&](const std::vector<uint64_t>& addrs) {
-    for (Core* core : cores) {
-      vs->inspect(*core, [&](const AddressSpace& as) {
+    for (int c = 0; c < 2; ++c) {
+      vs->inspect(*cores[c], [&](const AddressSpace& as) {
         for (uint64_t va : addrs) {
           if (va >= kUserTop) continue;
           auto want = model.find(va);
@@ -151,9 +177,14 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
           }
           ASSERT_TRUE(walked.status.ok()) << std::hex << va << " " << walked.status.to_string();
           ASSERT_TRUE(tree.ok()) << std::hex << va;
-          const uint64_t pa = want->second.paddr + (va - want->first);
-          EXPECT_EQ(walked.walk.paddr, pa) << std::hex << va;
-          EXPECT_EQ(tree->paddr, pa) << std::hex << va;
+          if (want->second.owned) {
+            check_owned(c, va, walked.walk.paddr, *want);
+            EXPECT_EQ(tree->paddr, walked.walk.paddr) << std::hex << va;
+          } else {
+            const uint64_t pa = want->second.paddr + (va - want->first);
+            EXPECT_EQ(walked.walk.paddr, pa) << std::hex << va;
+            EXPECT_EQ(tree->paddr, pa) << std::hex << va;
+          }
           EXPECT_EQ(walked.walk.page, want->second.cls);
           EXPECT_EQ(walked.walk.leaf & pte::kRightsMask, pte_rights(want->second.rights)) << std::hex << va;
           EXPECT_EQ(tree->leaf & pte::kRightsMask, pte_rights(want->second.rights));
@@ -172,7 +203,21 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
     }
     const uint64_t dice = rng() % 100;
     std::vector<uint64_t> touched;
-    if (dice < 40) {  // Map 4 KiB pages or 2 MiB pages
+    if (dice >= 34 && dice < 40) {  // MapCopy: a payload of 0..len bytes, zeros after it
+      const uint64_t len = k4K * (1 + rng() % 8);
+      const uint64_t va = pick_addr(k4K, len, kLower);
+      std::vector<std::byte> bytes(rng() % 4 == 0 ? 0 : 1 + rng() % len);
+      for (auto& b : bytes) b = static_cast<std::byte>(rng());
+      std::vector<std::byte> image(len);
+      std::copy(bytes.begin(), bytes.end(), image.begin());
+      std::vector<uint64_t> heads(len / k4K);
+      for (size_t k = 0; k < heads.size(); ++k) std::memcpy(&heads[k], image.data() + k * k4K, 8);
+      const uint8_t r = static_cast<uint8_t>(rng() % 8);
+      const StatusCode want = model.map_copy(va, len, r, heads);
+      ASSERT_EQ(vs->map_copy(core, bytes, va, len, r).code(), want) << "op " << i;
+      count("mapcopy", want);
+      touched = {va, va + len / 2, va + len - 1, va + len};
+    } else if (dice < 40) {  // Map 4 KiB pages or 2 MiB pages
       const bool large = dice < 6;
       const uint64_t page = large ? k2M : k4K;
       const uint64_t len = page * (1 + rng() % (large ? 2 : 8));
@@ -200,6 +245,7 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
           // Every piece returned is what the model had there, frame by frame.
           auto p = model.find(m.vaddr);
           ASSERT_TRUE(p.has_value());
+          EXPECT_FALSE(m.owned || p->second.owned) << "Unmap handed back an owned page";
           EXPECT_EQ(m.frame.paddr(), p->second.paddr + (m.vaddr - p->first));
           bytes += m.len;
         }
@@ -223,7 +269,9 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
       auto got = vs->translate(core, va, Access::kRead);
       ASSERT_EQ(got.ok(), want.has_value()) << "op " << i << std::hex << " va " << va;
       count("resolve", got.status().code());
-      if (got.ok()) {
+      if (got.ok() && want->second.owned) {
+        check_owned(c, va, got->paddr, *want);
+      } else if (got.ok()) {
         EXPECT_EQ(got->paddr, want->second.paddr + (va - want->first));
       }
       touched = {va};
@@ -231,6 +279,8 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
       const uint64_t va = pick_addr(k4K, k4K, kAny) + 8;
       EXPECT_EQ(vs->map(core, mem::Frame{.pool = kUserPool}, va, k4K, 0).code(), StatusCode::kInvalidArgument);
       EXPECT_EQ(vs->unmap(core, (uint64_t{1} << 47), k4K).status().code(), StatusCode::kInvalidArgument);
+      const std::vector<std::byte> too_long(k4K + 1);
+      EXPECT_EQ(vs->map_copy(core, too_long, va - 8, k4K, 0).code(), StatusCode::kInvalidArgument);
       touched = {va};
     }
     check_addresses(touched);
@@ -245,6 +295,7 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
         });
       }
       ASSERT_EQ(digest[0], digest[1]) << "replicas diverged by op " << i;
+      EXPECT_EQ(vs->group().log().payloads_live(), 0u) << "a MapCopy payload was not released by op " << i;
     }
   }
   EXPECT_GT(model.pages(), 0u);
@@ -252,10 +303,14 @@ TEST_P(VmemModel, ReplicasAgreeWithTheModelAndWithThemselves) {
   for (const auto& [k, n] : outcomes) summary += k + "=" + std::to_string(n) + " ";
   std::printf("seed %llu: %zu pages mapped at the end; outcomes (kind:status=count): %s\n",
               static_cast<unsigned long long>(GetParam()), model.pages(), summary.c_str());
-  for (const char* kind : {"map4k:0", "map2m:0", "map4k:6", "unmap:0", "unmap:5", "adjust:0", "adjust:5", "resolve:0",
-                           "resolve:5"}) {
+  for (const char* kind : {"map4k:0", "map2m:0", "map4k:6", "mapcopy:0", "mapcopy:6", "unmap:0", "unmap:5", "adjust:0",
+                           "adjust:5", "resolve:0", "resolve:5"}) {
     EXPECT_GE(outcomes[kind], 100) << kind << ": the op mix no longer covers this outcome";
   }
+  // Page tables and owned pages all go back to their pools with the address space.
+  vs.reset();
+  EXPECT_EQ(memory->ncache(0).stats().free_bytes(), free_at_start[0]);
+  EXPECT_EQ(memory->ncache(1).stats().free_bytes(), free_at_start[1]);
 }
 
 // Four seeds x 50,000 ops.
