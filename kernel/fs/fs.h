@@ -175,6 +175,11 @@ class FileSystem {
   // contents; not frame names, which differ by node): equal on equal replicas.
   uint64_t digest(Handle& h);
   FsStats stats(Handle& h);
+  // Applies what it can of every log on replica |replica| without blocking and without a Handle
+  // (stop mode: never past a scan it does not own): what an idle kernel core or a lagging-replica
+  // nudge does so its replica does not hold back the logs' heads (NrOS section 4.5). A replica that
+  // does not exist: nothing.
+  void advance(uint32_t replica);
 
  private:
   struct Impl;

@@ -297,6 +297,12 @@ Result<std::vector<DirEntry>> FileSystem<L>::readdir(Handle& h, std::string_view
 }
 
 template <typename L>
+void FileSystem<L>::advance(uint32_t replica) {
+  if (replica >= impl_->replicas.size()) return;
+  for (uint32_t li = 0; li < impl_->group->log_count(); ++li) impl_->replicas[replica]->nudge(li);
+}
+
+template <typename L>
 uint64_t FileSystem<L>::digest(Handle& h) {
   auto rt = impl_->enter(h);
   if (!rt.ok()) return 0;

@@ -35,6 +35,15 @@
  *   NRX_SYS_FSYNC     ino                                0
  *   NRX_SYS_CHMOD     ino, mode (07777)                  0
  *   NRX_SYS_UTIMENS   ino, atime_ns, mtime_ns            0
+ * The process and memory calls exist only for programs that run as nrx processes on kernel cores
+ * (kernel/boot/kernel.h); through the channel and the plain in-process dispatcher they are ENOSYS:
+ *   NRX_SYS_GETPID    -                                  the caller's pid
+ *   NRX_SYS_EXIT      flags (the status, 0..255)         does not return to the program's next call
+ *   NRX_SYS_MMAP      offset (vaddr), length, flags      0: fresh zeroed 4 KiB frames mapped at
+ *                     (NRX_PROT_*)                          [vaddr, vaddr+length), readable
+ *   NRX_SYS_MUNMAP    offset (vaddr), length             0: unmapped on every core (TLB shootdown)
+ *   NRX_SYS_MPROTECT  offset (vaddr), length, flags      0: new rights, with a shootdown
+ * vaddr and length are multiples of 4096, length > 0, the range inside the user half [0, 2^47).
  * pread/pwrite move at most NRX_MAX_IO bytes per request (longer lengths are clamped: the result
  * says how many moved; libnrx loops). A zero-length pwrite writes nothing and returns 0 (after
  * checking the inode, as POSIX allows). Paths are absolute, at most NRX_PATH_MAX bytes, components
@@ -44,8 +53,10 @@
  * non-zero unused or reserved field, a relative path, a NUL inside a path, ".." above the root,
  * offset or size beyond INT64_MAX, a negative time), EFAULT (a path or payload reaching past the data buffer),
  * ENAMETOOLONG, ENOENT (also an empty path), EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EBADF (an inode
- * that does not exist), ENOSPC, EFBIG. Through the channel also ECONNRESET (the server stopped or
- * died), ETIMEDOUT (no answer within the client's timeout), EPROTO (a malformed answer).
+ * that does not exist), ENOSPC, EFBIG; for the memory calls EEXIST (mmap over a mapped page),
+ * ENOMEM (no frames left), ENOENT (munmap/mprotect of a range with an unmapped page: nothing
+ * changes); ESRCH from any call of a process that is being stopped (its exit has begun). Through
+ * the channel also ECONNRESET (the server stopped or died), ETIMEDOUT (no answer within the client's timeout), EPROTO (a malformed answer).
  *
  * Thread safety: plain data; see the C++ and client APIs for who may touch what.
  *
@@ -66,7 +77,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to the numbers, structs or the channel layout. */
-#define NRX_ABI_VERSION 1u
+#define NRX_ABI_VERSION 2u
 
 /* System-call numbers (nrx_request.sysno). 0 is never valid. */
 #define NRX_SYS_OPEN 1u
@@ -84,7 +95,17 @@ extern "C" {
 #define NRX_SYS_FSYNC 13u
 #define NRX_SYS_CHMOD 14u
 #define NRX_SYS_UTIMENS 15u
-#define NRX_SYS_COUNT 16u /* one past the last number */
+#define NRX_SYS_GETPID 16u
+#define NRX_SYS_EXIT 17u
+#define NRX_SYS_MMAP 18u
+#define NRX_SYS_MUNMAP 19u
+#define NRX_SYS_MPROTECT 20u
+#define NRX_SYS_COUNT 21u /* one past the last number */
+
+/* mmap/mprotect rights (nrx_request.flags); every mapping is readable. */
+#define NRX_PROT_WRITE 0x1u
+#define NRX_PROT_EXEC 0x2u
+#define NRX_PROT_ALL (NRX_PROT_WRITE | NRX_PROT_EXEC)
 
 /* open() flags (nrx_request.flags). The access mode is the low two bits, as in POSIX. In the
  * kernel: any write access is fs::kWrite, NRX_O_CREAT fs::kCreate, NRX_O_EXCL fs::kExclusive,

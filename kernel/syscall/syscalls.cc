@@ -59,8 +59,13 @@ constexpr CallSpec kCalls[NRX_SYS_COUNT] = {
     {"fsync", kFieldIno},                                                 // NRX_SYS_FSYNC
     {"chmod", kFieldIno | kFieldMode},                                    // NRX_SYS_CHMOD
     {"utimens", kFieldIno | kFieldTimes},                                 // NRX_SYS_UTIMENS
+    {"getpid", 0},                                                        // NRX_SYS_GETPID
+    {"exit", kFieldFlags},                                                // NRX_SYS_EXIT
+    {"mmap", kFieldOffset | kFieldLength | kFieldFlags},                  // NRX_SYS_MMAP
+    {"munmap", kFieldOffset | kFieldLength},                              // NRX_SYS_MUNMAP
+    {"mprotect", kFieldOffset | kFieldLength | kFieldFlags},              // NRX_SYS_MPROTECT
 };
-static_assert(NRX_SYS_UTIMENS + 1 == NRX_SYS_COUNT, "a new call needs its kCalls entry");
+static_assert(NRX_SYS_MPROTECT + 1 == NRX_SYS_COUNT, "a new call needs its kCalls entry");
 
 constexpr int64_t kInt64Max = INT64_MAX;
 
@@ -175,8 +180,30 @@ int64_t pack_dirents(const std::vector<fs::DirEntry>& entries, std::string_view 
   return count;
 }
 
+// The process and memory calls, after run()'s generic field checks.
+int64_t run_process_call(ProcessCalls* process, const nrx_request& r) {
+  if (process == nullptr) return fail(ENOSYS);  // not a program running on a kernel core
+  switch (r.sysno) {
+    case NRX_SYS_GETPID:
+      return process->getpid();
+    case NRX_SYS_EXIT:
+      if (r.flags > 255) return fail(EINVAL);
+      return process->exit(r.flags);
+    case NRX_SYS_MMAP:
+      if ((r.flags & ~NRX_PROT_ALL) != 0) return fail(EINVAL);
+      return process->mmap(r.offset, r.length, r.flags);
+    case NRX_SYS_MUNMAP:
+      return process->munmap(r.offset, r.length);
+    case NRX_SYS_MPROTECT:
+      if ((r.flags & ~NRX_PROT_ALL) != 0) return fail(EINVAL);
+      return process->mprotect(r.offset, r.length, r.flags);
+    default:
+      return fail(ENOSYS);
+  }
+}
+
 int64_t run(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& r, std::span<std::byte> data,
-            nrx_response& response) {
+            nrx_response& response, ProcessCalls* process) {
   if (r.sysno == 0 || r.sysno >= NRX_SYS_COUNT) return fail(ENOSYS);
   const CallSpec& call = kCalls[r.sysno];
   if (r.reserved != 0) return fail(EINVAL);
@@ -201,6 +228,12 @@ int64_t run(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& r, std::span
   if (r.offset > static_cast<uint64_t>(kInt64Max)) return fail(EINVAL);
 
   switch (r.sysno) {
+    case NRX_SYS_GETPID:
+    case NRX_SYS_EXIT:
+    case NRX_SYS_MMAP:
+    case NRX_SYS_MUNMAP:
+    case NRX_SYS_MPROTECT:
+      return run_process_call(process, r);
     case NRX_SYS_OPEN: {
       uint32_t flags = 0;
       if (int err = translate_open_flags(r.flags, &flags); err != 0) return fail(err);
@@ -308,9 +341,9 @@ int64_t run(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& r, std::span
 }  // namespace
 
 void execute(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
-             nrx_response& response) {
+             nrx_response& response, ProcessCalls* process) {
   response = nrx_response{};
-  const int64_t result = run(fs, h, request, data, response);
+  const int64_t result = run(fs, h, request, data, response, process);
   if (result < 0) {
     // An error carries nothing else: no half-filled stat, no data length to trust.
     response = nrx_response{};

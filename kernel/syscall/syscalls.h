@@ -30,11 +30,27 @@
 
 namespace nrx::syscall {
 
+// The process and memory calls (getpid, exit, mmap, munmap, mprotect) of a program running as an
+// nrx process: the kernel that runs it implements them (kernel/boot/kernel.h). Each is called with
+// arguments already checked against the ABI's field rules (unused fields 0, prot bits known, the
+// exit status 0..255); the rest (alignment, the user half) is the implementation's. Each returns
+// the call's result: >= 0, or -errno.
+class ProcessCalls {
+ public:
+  virtual ~ProcessCalls() = default;
+  virtual int64_t getpid() = 0;
+  virtual int64_t exit(uint32_t status) = 0;
+  virtual int64_t mmap(uint64_t vaddr, uint64_t length, uint32_t prot) = 0;
+  virtual int64_t munmap(uint64_t vaddr, uint64_t length) = 0;
+  virtual int64_t mprotect(uint64_t vaddr, uint64_t length, uint32_t prot) = 0;
+};
+
 // Executes |request| with |h| on |fs|. Reads inline arguments from |data| and writes result data
 // (pread's bytes, readdir's records) into it; |response| is overwritten entirely. Errors are in
 // response.result as -errno (nrx_syscall.h lists them).
+// |process| serves the process and memory calls; without one (the channel, tools) they are ENOSYS.
 void execute(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
-             nrx_response& response);
+             nrx_response& response, ProcessCalls* process = nullptr);
 
 // "open", "pread", ...: the name of syscall number |sysno| ("unknown" outside the table).
 const char* syscall_name(uint32_t sysno);

@@ -25,6 +25,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/tools/nrx_runner.h"
 #include "tools/nrx/sweep.h"
 
 extern char** environ;
@@ -32,13 +33,20 @@ extern char** environ;
 namespace nrx::tools::sweep {
 namespace {
 
+using test::JsonChecker;
+using test::read_file;
+using test::RunResult;
+using test::TempDir;
+
 constexpr auto kRunTimeout = std::chrono::seconds(180);
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// Runs `nrx sweep ARGS` with stdout and stderr captured in files under |dir|. The grids below use
+// two threads, so the sanitizer builds see replicas, combiners and the lagging hook at work (and,
+// for vmem, TLB shootdowns between two cores).
+RunResult run_sweep(const std::vector<std::string>& args, const std::string& dir) {
+  std::vector<std::string> all = {"sweep"};
+  all.insert(all.end(), args.begin(), args.end());
+  return test::run_nrx(all, dir, kRunTimeout);
 }
 
 std::vector<std::string> lines_of(const std::string& text) {
@@ -50,185 +58,6 @@ std::vector<std::string> lines_of(const std::string& text) {
 
 size_t fields(const std::string& csv_line) { return static_cast<size_t>(std::count(csv_line.begin(), csv_line.end(), ',')) + 1; }
 
-// A temporary folder, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/nrx-sweep-test-XXXXXX";
-    NRX_CHECK(mkdtemp(name) != nullptr, "mkdtemp failed");
-    path_ = name;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-// Runs `nrx sweep ARGS` with stdout and stderr captured in files under |dir|. The grids below use
-// two threads, so the sanitizer builds see replicas, combiners and the lagging hook at work (and,
-// for vmem, TLB shootdowns between two cores).
-RunResult run_sweep(const std::vector<std::string>& args, const std::string& dir) {
-  std::vector<std::string> all = {NRX_BINARY, "sweep"};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string out_path = dir + "/stdout.txt", err_path = dir + "/stderr.txt";
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  RunResult r;
-  const int rc = posix_spawn(&pid, NRX_BINARY, &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    r.err = "posix_spawn failed";
-    return r;
-  }
-  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
-  int status = 0;
-  for (;;) {
-    const pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      (void)waitpid(pid, &status, 0);
-      r.err = "nrx sweep ran past the test's time limit and was killed";
-      return r;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child, with a deadline
-  }
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  return r;
-}
-
-// A strict JSON syntax check (RFC 8259 grammar; no duplicate-key or number-range checks).
-class JsonChecker {
- public:
-  explicit JsonChecker(const std::string& text) : s_(text) {}
-  bool valid() {
-    skip_ws();
-    if (!value()) return false;
-    skip_ws();
-    return i_ == s_.size();
-  }
-  size_t where() const { return i_; }
-
- private:
-  void skip_ws() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
-  }
-  bool literal(const char* word) {
-    const std::string w(word);
-    if (s_.compare(i_, w.size(), w) != 0) return false;
-    i_ += w.size();
-    return true;
-  }
-  bool string() {
-    if (i_ >= s_.size() || s_[i_] != '"') return false;
-    for (++i_; i_ < s_.size(); ++i_) {
-      const auto c = static_cast<unsigned char>(s_[i_]);
-      if (c == '"') {
-        ++i_;
-        return true;
-      }
-      if (c < 0x20) return false;
-      if (c == '\\') {
-        if (++i_ >= s_.size()) return false;
-        const char e = s_[i_];
-        if (e == 'u') {
-          for (int k = 0; k < 4; ++k) {
-            if (++i_ >= s_.size() || !std::isxdigit(static_cast<unsigned char>(s_[i_]))) return false;
-          }
-        } else if (std::string("\"\\/bfnrt").find(e) == std::string::npos) {
-          return false;
-        }
-      }
-    }
-    return false;
-  }
-  bool digits() {
-    const size_t start = i_;
-    while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
-    return i_ > start;
-  }
-  bool number() {
-    if (i_ < s_.size() && s_[i_] == '-') ++i_;
-    if (i_ < s_.size() && s_[i_] == '0') {
-      ++i_;
-    } else if (!digits()) {
-      return false;
-    }
-    if (i_ < s_.size() && s_[i_] == '.') {
-      ++i_;
-      if (!digits()) return false;
-    }
-    if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
-      ++i_;
-      if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
-      if (!digits()) return false;
-    }
-    return true;
-  }
-  bool value() {
-    if (i_ >= s_.size()) return false;
-    switch (s_[i_]) {
-      case '{': return object();
-      case '[': return array();
-      case '"': return string();
-      case 't': return literal("true");
-      case 'f': return literal("false");
-      case 'n': return literal("null");
-      default: return number();
-    }
-  }
-  bool object() {
-    ++i_;
-    skip_ws();
-    if (i_ < s_.size() && s_[i_] == '}') return ++i_, true;
-    for (;;) {
-      skip_ws();
-      if (!string()) return false;
-      skip_ws();
-      if (i_ >= s_.size() || s_[i_++] != ':') return false;
-      skip_ws();
-      if (!value()) return false;
-      skip_ws();
-      if (i_ >= s_.size()) return false;
-      if (s_[i_] == '}') return ++i_, true;
-      if (s_[i_++] != ',') return false;
-    }
-  }
-  bool array() {
-    ++i_;
-    skip_ws();
-    if (i_ < s_.size() && s_[i_] == ']') return ++i_, true;
-    for (;;) {
-      skip_ws();
-      if (!value()) return false;
-      skip_ws();
-      if (i_ >= s_.size()) return false;
-      if (s_[i_] == ']') return ++i_, true;
-      if (s_[i_++] != ',') return false;
-    }
-  }
-
-  const std::string& s_;
-  size_t i_ = 0;
-};
 
 size_t count_of(const std::string& text, const std::string& needle) {
   size_t n = 0;

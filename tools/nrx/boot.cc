@@ -1,239 +1,464 @@
-// `nrx boot`: boots the node-replicated core on this machine's NUMA topology and runs a demo
-// workload on it. Until the full kernel exists (issue "Processes, cores and the single-host boot")
-// the replicated state is the demo hash map: one replica per (possibly emulated) NUMA node, all
-// sharing one ring log, several pinned threads per replica. It then checks that every replica ends
-// with the same state digest and that each thread reads its own last write.
-#include <atomic>
+// `nrx boot`: boots the single-host nrx kernel (kernel/boot/kernel.h) on this machine's NUMA
+// topology, or on --nodes emulated nodes, and runs the demo: the built-in programs fsbench,
+// mapbench and kv, each as a process loaded from a real ELF image (this executable) with one core
+// on every node, so every replica of every subsystem serves calls. It then checks that all replicas
+// agree (per-subsystem digests; each address space's replicas at its exit) and prints a summary
+// (text, or one JSON object with --json). --interactive opens a small shell on the booted kernel
+// instead of the demo. Exit code: 0 when every check passes, 1 when one fails, 2 for bad usage.
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
 #include <memory>
-#include <random>
+#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "kernel/boot/kernel.h"
+#include "kernel/boot/programs.h"
 #include "kernel/boot/topology.h"
-#include "kernel/nr/ds/hashmap.h"
-#include "kernel/nr/replica.h"
-#include "logs/ring/ring_log.h"
 #include "tools/nrx/cli.h"
 
 namespace nrx::tools {
 namespace {
 
-using Map = nr::HashMap;
-using MapReplica = nr::Replica<Map, logs::RingLog>;
+using Clock = std::chrono::steady_clock;
 
-// Each thread owns one key outside the shared range, for the read-your-writes check.
-constexpr uint64_t kPrivateKeyBase = uint64_t{1} << 40;
-
-struct ThreadResult {
-  uint64_t reads = 0;
-  uint64_t writes = 0;
-  bool own_write_seen = false;
-  std::string error;
-};
-
-std::string gib(uint64_t bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.1f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%016" PRIx64, v);
   return b;
 }
 
-std::string cpu_list(const std::vector<int>& cpus) {
+// "a b" (text) or "\"a\",\"b\"" (JSON strings).
+std::string hex_list(const std::vector<uint64_t>& v, bool json) {
   std::string s;
-  for (int c : cpus) s += (s.empty() ? "" : ",") + std::to_string(c);
-  return s.empty() ? "-" : s;
+  for (uint64_t d : v) {
+    if (!s.empty()) s += json ? "," : " ";
+    s += json ? "\"" + hex(d) + "\"" : hex(d);
+  }
+  return s;
+}
+
+std::string list(const std::vector<uint32_t>& v) {
+  std::string s;
+  for (uint32_t c : v) s += (s.empty() ? "" : ",") + std::to_string(c);
+  return s;
+}
+
+bool all_equal(const std::vector<uint64_t>& v) {
+  for (uint64_t d : v) {
+    if (d != v.front()) return false;
+  }
+  return true;
+}
+
+Result<std::vector<std::byte>> read_self() {
+  std::ifstream in("/proc/self/exe", std::ios::binary);
+  if (!in) return Status::not_found("cannot open /proc/self/exe");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(bytes.size());
+  std::memcpy(out.data(), bytes.data(), bytes.size());
+  return out;
+}
+
+// Seconds from "--duration": a positive decimal number, at most an hour.
+Result<double> parse_seconds(const cli::Command& cmd, const char* name, double fallback) {
+  std::optional<std::string> v = cmd.get(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const double d = std::strtod(v->c_str(), &end);
+  if (errno != 0 || end == v->c_str() || *end != '\0' || !(d > 0) || d > 3600) {
+    return Status::invalid_argument(std::string("--") + name + " must be a number of seconds in (0, 3600], not '" + *v + "'");
+  }
+  return d;
+}
+
+struct Totals {
+  std::vector<boot::ProcessReport> reports;
+  double seconds = 0;  // wall time of the workload phases
+};
+
+void print_report(const boot::ProcessReport& r) {
+  std::printf("exit %d in %.2f s; %" PRIu64 " mappings at exit, %" PRIu64 " shootdowns; address space replicas %s\n",
+              r.status, r.seconds, r.mappings, r.shootdowns, r.vmem_equal ? "agree" : "DIFFER");
+  if (!r.error.empty()) std::printf("           error: %s\n", r.error.c_str());
+}
+
+// The interactive shell: commands run against the booted kernel through its system-call API.
+int shell(boot::Kernel& kernel, std::span<const std::byte> image, bool json) {
+  const char* kHelp =
+      "commands:\n"
+      "  ls [PATH]              list a directory (NR-FS)\n"
+      "  cat PATH               print a file\n"
+      "  write PATH TEXT...     create or replace a file with TEXT\n"
+      "  mkdir PATH             make a directory\n"
+      "  rm PATH                remove a file (or an empty directory)\n"
+      "  ps                     the replicated process table and core owners\n"
+      "  run PROG [SECONDS]     run a built-in program (fsbench, mapbench, kv) on every node and wait\n"
+      "  start PROG [SECONDS]   start one in the background (see ps, map, wait, kill)\n"
+      "  wait PID | kill PID    wait for / stop a background process\n"
+      "  map PID                the mappings of a live process\n"
+      "  stats                  system-call counters and per-replica digests\n"
+      "  help                   this list\n"
+      "  exit                   check the replicas, print the summary and leave\n";
+  std::vector<std::byte> data(NRX_DATA_CAPACITY);
+  auto call = [&](uint32_t sysno, const std::string& path, nrx_request req = {}) {
+    req.sysno = sysno;
+    req.path_len = static_cast<uint32_t>(std::min<size_t>(path.size(), NRX_PATH_MAX + 1));
+    std::memcpy(data.data(), path.data(), req.path_len);
+    nrx_response resp{};
+    kernel.console_syscall(req, data, resp);
+    return resp;
+  };
+  auto err = [](int64_t r) { return std::string(std::strerror(static_cast<int>(-r))); };
+  std::printf("nrx shell: type 'help' for commands, 'exit' to leave\n");
+  std::string line;
+  for (;;) {
+    std::printf("nrx> ");
+    std::fflush(stdout);
+    if (!std::getline(std::cin, line)) {
+      std::printf("\n");
+      break;
+    }
+    std::istringstream in(line);
+    std::string cmd;
+    if (!(in >> cmd)) continue;
+    std::string arg;
+    in >> arg;
+    if (cmd == "exit" || cmd == "quit") break;
+    if (cmd == "help") {
+      std::fputs(kHelp, stdout);
+    } else if (cmd == "ls") {
+      if (arg.empty()) arg = "/";
+      std::string after;
+      for (;;) {
+        nrx_request req{};
+        req.path2_len = static_cast<uint32_t>(after.size());
+        std::memcpy(data.data() + arg.size(), after.data(), after.size());
+        nrx_response resp = call(NRX_SYS_READDIR, arg, req);
+        if (resp.result < 0) {
+          std::printf("ls: %s: %s\n", arg.c_str(), err(resp.result).c_str());
+          break;
+        }
+        size_t pos = 0;
+        for (int64_t i = 0; i < resp.result; ++i) {
+          nrx_dirent_record rec;
+          std::memcpy(&rec, data.data() + pos, sizeof rec);
+          after.assign(reinterpret_cast<const char*>(data.data() + pos + sizeof rec), rec.name_len);
+          std::printf("%s%s\n", after.c_str(), rec.type == NRX_DT_DIR ? "/" : "");
+          pos += rec.record_len;
+        }
+        if ((resp.flags & NRX_READDIR_MORE) == 0 || resp.result == 0) break;
+      }
+    } else if (cmd == "cat") {
+      nrx_request open{};
+      const int64_t ino = call(NRX_SYS_OPEN, arg, open).result;
+      if (ino < 0) {
+        std::printf("cat: %s: %s\n", arg.c_str(), err(ino).c_str());
+        continue;
+      }
+      for (uint64_t off = 0;;) {
+        nrx_request req{};
+        req.ino = static_cast<uint64_t>(ino);
+        req.offset = off;
+        req.length = NRX_MAX_IO;
+        req.sysno = NRX_SYS_PREAD;
+        nrx_response resp{};
+        kernel.console_syscall(req, data, resp);
+        if (resp.result <= 0) break;
+        std::fwrite(data.data(), 1, static_cast<size_t>(resp.result), stdout);
+        off += static_cast<uint64_t>(resp.result);
+      }
+      std::printf("\n");
+    } else if (cmd == "write") {
+      std::string text;
+      std::getline(in, text);
+      if (!text.empty() && text[0] == ' ') text.erase(0, 1);
+      nrx_request open{};
+      open.flags = NRX_O_CREAT | NRX_O_WRONLY | NRX_O_TRUNC;
+      open.mode = 0644;
+      const int64_t ino = call(NRX_SYS_OPEN, arg, open).result;
+      if (ino < 0) {
+        std::printf("write: %s: %s\n", arg.c_str(), err(ino).c_str());
+        continue;
+      }
+      if (text.empty()) continue;
+      nrx_request req{};
+      req.sysno = NRX_SYS_PWRITE;
+      req.ino = static_cast<uint64_t>(ino);
+      req.length = std::min<size_t>(text.size(), NRX_MAX_IO);
+      std::memcpy(data.data(), text.data(), req.length);
+      nrx_response resp{};
+      kernel.console_syscall(req, data, resp);
+      if (resp.result < 0) std::printf("write: %s: %s\n", arg.c_str(), err(resp.result).c_str());
+    } else if (cmd == "mkdir" || cmd == "rm") {
+      nrx_request req{};
+      if (cmd == "mkdir") req.mode = 0755;
+      int64_t r = call(cmd == "mkdir" ? NRX_SYS_MKDIR : NRX_SYS_UNLINK, arg, req).result;
+      if (r == -EISDIR && cmd == "rm") r = call(NRX_SYS_RMDIR, arg).result;
+      if (r < 0) std::printf("%s: %s: %s\n", cmd.c_str(), arg.c_str(), err(r).c_str());
+    } else if (cmd == "ps") {
+      std::printf("  PID  NAME        HOME  CORES  LOAD OFFSET\n");
+      for (const proc::ProcessInfo& p : kernel.processes()) {
+        std::printf("%5" PRIu64 "  %-10s  %4u  %5u  0x%" PRIx64 "\n", p.pid, p.name, p.home_node, p.cores, p.load_offset);
+      }
+    } else if (cmd == "run" || cmd == "start") {
+      const boot::Program* prog = boot::find_program(arg);
+      if (prog == nullptr) {
+        std::printf("%s: no program '%s' (fsbench, mapbench, kv)\n", cmd.c_str(), arg.c_str());
+        continue;
+      }
+      double secs = 1.0;
+      if (std::string s; in >> s) secs = std::atof(s.c_str());
+      if (!(secs > 0) || secs > 3600) {
+        std::printf("%s: seconds must be in (0, 3600]\n", cmd.c_str());
+        continue;
+      }
+      boot::SpawnOptions so;
+      so.args.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(secs));
+      Result<boot::Pid> pid = kernel.spawn(*prog, image, so);
+      if (!pid.ok()) {
+        std::printf("%s: %s\n", cmd.c_str(), pid.status().to_string().c_str());
+        continue;
+      }
+      std::printf("pid %" PRIu64 "\n", *pid);
+      if (cmd == "start") continue;
+      Result<boot::ProcessReport> r = kernel.wait(*pid);
+      if (r.ok()) print_report(*r);
+    } else if (cmd == "wait" || cmd == "kill") {
+      const boot::Pid pid = std::strtoull(arg.c_str(), nullptr, 10);
+      Result<boot::ProcessReport> r = cmd == "wait" ? kernel.wait(pid) : kernel.kill(pid);
+      if (r.ok()) {
+        print_report(*r);
+      } else {
+        std::printf("%s: %s\n", cmd.c_str(), r.status().message().c_str());
+      }
+    } else if (cmd == "map") {
+      Result<std::vector<vmem::Mapping>> maps = kernel.mappings(std::strtoull(arg.c_str(), nullptr, 10));
+      if (!maps.ok()) {
+        std::printf("map: %s\n", maps.status().message().c_str());
+        continue;
+      }
+      // Adjacent pages with the same rights and kind print as one range.
+      for (size_t i = 0; i < maps->size();) {
+        const vmem::Mapping& m = (*maps)[i];
+        uint64_t end = m.vaddr + m.len;
+        size_t j = i + 1;
+        while (j < maps->size() && (*maps)[j].vaddr == end && (*maps)[j].rights == m.rights &&
+               (*maps)[j].owned == m.owned) {
+          end += (*maps)[j].len;
+          ++j;
+        }
+        std::printf("%012" PRIx64 "-%012" PRIx64 " r%c%c %4zu pages  %s\n", m.vaddr, end,
+                    (m.rights & vmem::rights::kWrite) ? 'w' : '-', (m.rights & vmem::rights::kExecute) ? 'x' : '-',
+                    static_cast<size_t>((end - m.vaddr) / 4096),
+                    m.owned ? "per-replica copies (one in each node's memory)" : "shared frames");
+        i = j;
+      }
+    } else if (cmd == "stats") {
+      const boot::KernelStats s = kernel.stats();
+      std::printf("fs calls %" PRIu64 ", vmem calls %" PRIu64 ", mmu accesses %" PRIu64 ", processes %" PRIu64
+                  " spawned / %" PRIu64 " exited, nudges %" PRIu64 " sent / %" PRIu64 " handled\n",
+                  s.fs_calls, s.vmem_calls, s.mmu_accesses, s.processes_spawned, s.processes_exited, s.nudges_sent,
+                  s.nudges_handled);
+      const boot::ReplicaDigests d = kernel.digests();
+      std::printf("digests proc %s | fs %s | vmem %s\n", hex_list(d.proc, false).c_str(), hex_list(d.fs, false).c_str(),
+                  hex_list(d.vmem, false).c_str());
+    } else {
+      std::printf("unknown command '%s' (type 'help')\n", cmd.c_str());
+    }
+  }
+  (void)json;
+  return 0;
 }
 
 }  // namespace
 
 int run_boot(const std::vector<std::string>& args) {
   cli::Command cmd("boot",
-                   "Boot nrx on this machine's NUMA topology: one replica per node over a shared ring log,\n"
-                   "run a replicated demo workload with several threads per replica, and check that every\n"
-                   "replica ends in the same state. Exits 0 when all checks pass, 1 when one fails.");
+                   "Boot the nrx kernel on this machine's NUMA topology: one replica per node of the process\n"
+                   "table (NR), NR-FS (CNR) and every process's address space (NR-vMem), kernel cores as\n"
+                   "pinned threads. Then run the demo: the built-in programs fsbench, mapbench and kv, each a\n"
+                   "process loaded from a real ELF image with one core on every node. Checks that all replicas\n"
+                   "agree and prints a summary. Exits 0 when every check passes, 1 when one fails.");
   cmd.option("nodes", "N", "NUMA nodes (replicas); more than the machine has are emulated", "detected");
-  cmd.option("threads-per-node", "T", "worker threads per replica, pinned to the node's cpus", "2");
-  cmd.option("ops", "N", "operations per thread", "1000000");
-  cmd.option("write-pct", "P", "percentage of operations that are writes (put/remove)", "20");
-  cmd.option("keys", "K", "size of the shared key space", "4096");
-  cmd.option("log-slots", "S", "ring log slots (a power of two)", "65536");
-  cmd.option("seed", "S", "random seed of the workload", "1");
+  cmd.option("cores-per-node", "C", "kernel cores per node (threads pinned to the node's cpus)", "cpus per node");
+  cmd.option("duration", "SECONDS", "how long the demo's programs run in all (a third each)", "3");
+  cmd.option("log", "BACKEND", "operation-log backend: ring (shm and rdma come with the rack issues)", "ring");
+  cmd.option("memory", "MIB", "physical memory per node, in MiB (a multiple of 2)", "256");
+  cmd.option("seed", "S", "random seed of the programs", "1");
   cmd.flag("json", "print the summary as one JSON object instead of text");
+  cmd.flag("interactive", "open a shell on the booted kernel instead of running the demo");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
-
   const boot::Topology detected = boot::Topology::detect();
   auto nodes = cmd.get_u64("nodes", detected.nodes.size(), 1, 64);
-  auto threads_per_node = cmd.get_u64("threads-per-node", 2, 1, 64);
-  auto ops = cmd.get_u64("ops", 1000000, 1, uint64_t{1} << 32);
-  auto write_pct = cmd.get_u64("write-pct", 20, 0, 100);
-  auto keys = cmd.get_u64("keys", 4096, 1, uint64_t{1} << 32);
-  auto slots = cmd.get_u64("log-slots", 65536, 2, uint64_t{1} << 24);
+  auto cpn = cmd.get_u64("cores-per-node", 0, 1, 60);
+  auto memory_mib = cmd.get_u64("memory", 256, 16, uint64_t{1} << 20);
   auto seed = cmd.get_u64("seed", 1, 0, UINT64_MAX);
-  for (const Result<uint64_t>* r : {&nodes, &threads_per_node, &ops, &write_pct, &keys, &slots, &seed}) {
+  for (const Result<uint64_t>* r : {&nodes, &cpn, &memory_mib, &seed}) {
     if (!r->ok()) return cli::fail(cmd, r->status());
   }
-  if (!is_power_of_two(*slots)) return cli::fail(cmd, Status::invalid_argument("--log-slots must be a power of two"));
+  if (*memory_mib % 2 != 0) return cli::fail(cmd, Status::invalid_argument("--memory must be a multiple of 2 MiB"));
+  Result<double> duration = parse_seconds(cmd, "duration", 3.0);
+  if (!duration.ok()) return cli::fail(cmd, duration.status());
+  const std::string log = cmd.get("log").value_or("ring");
+  if (log == "shm" || log == "rdma") {
+    return cli::fail(cmd, Status::unavailable("--log " + log +
+                                                " is not available yet: the kernel boots on the ring log only (the " +
+                                                log + " backend is its own issue)"));
+  }
+  if (log != "ring") return cli::fail(cmd, Status::invalid_argument("--log must be ring, shm or rdma, not '" + log + "'"));
   const bool json = cmd.flag_set("json");
+  const bool interactive = cmd.flag_set("interactive");
 
-  auto topo_r = detected.emulate(static_cast<uint32_t>(*nodes));
-  if (!topo_r.ok()) return cli::fail(cmd, topo_r.status());
-  const boot::Topology& topo = *topo_r;
-  const uint32_t replicas = static_cast<uint32_t>(topo.nodes.size());
-
-  // The log lives on the local node when there is one real node, else interleaved over them.
-  logs::LogOptions lo;
-  lo.entry_size = sizeof(Map::WriteOp);
-  lo.slot_count = static_cast<uint32_t>(*slots);
-  lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, replicas);
-  lo.numa_node = detected.nodes.size() > 1 ? logs::kNumaInterleave : logs::kNumaLocal;
-  auto group_r = nr::ReplicaGroup<Map, logs::RingLog>::create(lo, &logs::RingLog::create);
-  if (!group_r.ok()) {
-    std::fprintf(stderr, "nrx boot: cannot create the log: %s\n", group_r.status().to_string().c_str());
+  boot::Topology topo = detected;
+  if (cmd.has("nodes") && *nodes != detected.nodes.size()) {
+    auto t = detected.emulate(static_cast<uint32_t>(*nodes));
+    if (!t.ok()) return cli::fail(cmd, t.status());
+    topo = *t;
+  }
+  Result<std::vector<std::byte>> image = read_self();
+  if (!image.ok()) {
+    std::fprintf(stderr, "nrx boot: %s\n", image.status().to_string().c_str());
     return 1;
   }
-  nr::ReplicaGroup<Map, logs::RingLog>& group = **group_r;
-  logs::RingLog& log = group.log();
-
-  std::vector<MapReplica*> reps;
-  for (uint32_t n = 0; n < replicas; ++n) {
-    // Build each replica on a thread pinned to its node, so first-touch puts its memory there.
-    Result<MapReplica*> made = Status::internal("not created");
-    std::thread([&] {
-      boot::pin_current_thread(topo.nodes[n].cpus);
-      made = group.add_replica(Map(static_cast<size_t>(*keys) * 2));
-    }).join();
-    if (!made.ok()) {
-      std::fprintf(stderr, "nrx boot: cannot create replica %u: %s\n", n, made.status().to_string().c_str());
-      return 1;
-    }
-    reps.push_back(*made);
+  // Progress goes to stderr with --json (stdout is the JSON object), to stdout otherwise.
+  FILE* progress = json ? stderr : stdout;
+  const uint32_t steps = interactive ? 2 : 5;
+  std::fprintf(progress, "nrx boot: the single-host node-replicated kernel\n");
+  std::fprintf(progress, "topology   %s\n", topo.describe().c_str());
+  std::fprintf(progress, "[1/%u] booting: memory, replicas, kernel cores ... ", steps);
+  std::fflush(progress);
+  const Clock::time_point t0 = Clock::now();
+  boot::KernelOptions ko{.topology = topo,
+                         .cores_per_node = cmd.has("cores-per-node") ? static_cast<uint32_t>(*cpn) : 0,
+                         .pool_bytes = *memory_mib << 20};
+  Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
+  if (!made.ok()) {
+    std::fprintf(progress, "failed\n");
+    std::fprintf(stderr, "nrx boot: %s\n", made.status().to_string().c_str());
+    return 1;
   }
+  boot::Kernel& kernel = **made;
+  std::fprintf(progress, "done in %.2f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
+  if (!json) std::fputs(kernel.describe().c_str(), stdout);
 
-  const uint64_t tpn = *threads_per_node;
-  if (!json) {
-    std::printf("nrx boot: node-replicated demo (replicated hash map on the ring log)\n");
-    std::printf("topology   %s\n", topo.describe().c_str());
-    for (const boot::Node& n : topo.nodes) {
-      std::printf("  node %-3d cpus %-10s memory %-10s replica %d, %" PRIu64 " threads\n", n.id,
-                  cpu_list(n.cpus).c_str(), gib(n.memory_bytes).c_str(), n.id, tpn);
-    }
-    std::printf("log        ring, %u slots x %zu B, %s\n", lo.slot_count, log.slot_stride(),
-                lo.numa_node == logs::kNumaInterleave ? "interleaved over nodes" : "on the local node");
-    std::printf("workload   %" PRIu64 " threads x %" PRIu64 " ops, %" PRIu64 "%% writes, %" PRIu64
-                " keys, seed %" PRIu64 "\n", tpn * replicas, *ops, *write_pct, *keys, *seed);
-    std::printf("running... ");
-    std::fflush(stdout);
-  }
-
-  std::vector<ThreadResult> results(tpn * replicas);
-  std::atomic<uint32_t> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> workers;
-  for (uint32_t n = 0; n < replicas; ++n) {
-    for (uint64_t t = 0; t < tpn; ++t) {
-      const uint64_t tid = n * tpn + t;
-      workers.emplace_back([&, n, tid] {
-        boot::pin_current_thread(topo.nodes[n].cpus);
-        MapReplica& rep = *reps[n];
-        ThreadResult& res = results[tid];
-        auto token = rep.register_thread();
-        ready.fetch_add(1, std::memory_order_release);
-        while (!go.load(std::memory_order_acquire)) cpu_relax();
-        if (!token.ok()) {
-          res.error = token.status().to_string();
-          return;
-        }
-        std::mt19937_64 rng(*seed * 0x9e3779b97f4a7c15ull + tid);
-        const uint64_t own_key = kPrivateKeyBase + tid;
-        uint64_t last_own = 0;
-        for (uint64_t i = 0; i < *ops; ++i) {
-          const uint64_t x = rng();
-          const uint64_t key = x % *keys;
-          if ((x >> 32) % 100 < *write_pct) {
-            Map::WriteOp op{(x >> 40) % 8 == 0 ? Map::WriteOp::kRemove : Map::WriteOp::kPut, key, (tid << 48) | i};
-            if ((x >> 44) % 16 == 0) op = {Map::WriteOp::kPut, own_key, last_own = i + 1};
-            auto r = rep.execute_mut(op, *token);
-            if (!r.ok()) {
-              res.error = r.status().to_string();
-              return;
-            }
-            ++res.writes;
-          } else {
-            (void)rep.execute({Map::ReadOp::kGet, key}, *token);
-            ++res.reads;
-          }
-        }
-        // Read-your-writes across replicas: our last put must be visible to our own read.
-        auto seen = rep.execute({Map::ReadOp::kGet, own_key}, *token);
-        res.own_write_seen = last_own == 0 ? !seen.has_value() : seen == last_own;
-      });
-    }
-  }
-  while (ready.load(std::memory_order_acquire) < workers.size()) std::this_thread::yield();
-  const auto start = std::chrono::steady_clock::now();
-  go.store(true, std::memory_order_release);
-  for (auto& w : workers) w.join();
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
-  // Bring every replica to the tail and compare their states.
-  std::vector<uint64_t> digests;
-  std::vector<uint64_t> sizes;
-  for (auto& rep : reps) {
-    rep->sync();
-    auto token = rep->register_thread();
-    if (!token.ok()) {
-      std::fprintf(stderr, "nrx boot: %s\n", token.status().to_string().c_str());
-      return 1;
-    }
-    digests.push_back(rep->inspect(*token, [](const Map& m) { return m.digest(); }));
-    sizes.push_back(rep->inspect(*token, [](const Map& m) { return static_cast<uint64_t>(m.size()); }));
-  }
-  uint64_t reads = 0, writes = 0, own_ok = 0;
+  Totals totals;
+  bool ok = true;
   std::string first_error;
-  for (const ThreadResult& r : results) {
-    reads += r.reads;
-    writes += r.writes;
-    own_ok += r.own_write_seen ? 1 : 0;
-    if (first_error.empty() && !r.error.empty()) first_error = r.error;
+  auto failed = [&](const std::string& why) {
+    if (first_error.empty()) first_error = why;
+    ok = false;
+  };
+  const Clock::time_point w0 = Clock::now();
+  if (interactive) {
+    std::fprintf(progress, "[2/%u] shell\n", steps);
+    shell(kernel, *image, json);
+  } else {
+    uint32_t step = 2;
+    for (const boot::Program& prog : boot::builtin_programs()) {
+      boot::SpawnOptions so;
+      so.args.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(*duration / 3));
+      so.args.seed = *seed;
+      std::fprintf(progress, "[%u/%u] %-8s ", step++, steps, prog.name);
+      std::fflush(progress);
+      Result<boot::Pid> pid = kernel.spawn(prog, *image, so);
+      if (!pid.ok()) {
+        std::fprintf(progress, "cannot start: %s\n", pid.status().to_string().c_str());
+        failed(std::string(prog.name) + ": " + pid.status().to_string());
+        continue;
+      }
+      std::fprintf(progress, "pid %" PRIu64 " for %.2f s ... ", *pid, *duration / 3);
+      std::fflush(progress);
+      Result<boot::ProcessReport> r = kernel.wait(*pid);
+      if (!r.ok()) {
+        failed(r.status().to_string());
+        std::fprintf(progress, "%s\n", r.status().to_string().c_str());
+        continue;
+      }
+      if (json) {
+        std::fprintf(progress, "exit %d\n", r->status);
+      } else {
+        print_report(*r);
+      }
+      if (r->status != 0) failed(std::string(prog.name) + " exited with status " + std::to_string(r->status));
+      if (!r->vmem_equal) failed(std::string(prog.name) + ": address space replicas differ " + r->error);
+      totals.reports.push_back(std::move(*r));
+    }
   }
-  bool digests_equal = true;
-  for (uint64_t d : digests) digests_equal = digests_equal && d == digests[0];
-  const bool ok = digests_equal && first_error.empty() && own_ok == results.size();
-  const double mops = static_cast<double>(reads + writes) / secs / 1e6;
+  totals.seconds = std::chrono::duration<double>(Clock::now() - w0).count();
+  std::fprintf(progress, "[%u/%u] checking that every replica agrees ... ", steps, steps);
+  std::fflush(progress);
+  const boot::ReplicaDigests d = kernel.digests();
+  std::fprintf(progress, "%s\n", d.equal() ? "yes" : "NO");
+  if (!d.equal()) failed("replica digests differ");
+  const boot::KernelStats s = kernel.stats();
+  const double secs = std::max(totals.seconds, 1e-9);
+  const uint32_t replicas = kernel.nodes();
 
   if (json) {
-    std::printf("{\"nodes\":%u,\"emulated\":%s,\"cpus\":%zu,\"threads\":%zu,\"ops\":%" PRIu64 ",\"reads\":%" PRIu64
-                ",\"writes\":%" PRIu64 ",\"seconds\":%.4f,\"mops\":%.3f,\"log_tail\":%" PRIu64
-                ",\"lagging_nudges\":%" PRIu64 ",\"replicas\":[",
-                replicas, topo.emulated ? "true" : "false", topo.cpu_count(), results.size(), reads + writes, reads,
-                writes, secs, mops, log.tail(), group.lagging_nudges());
-    for (uint32_t n = 0; n < replicas; ++n) {
-      std::printf("%s{\"id\":%u,\"digest\":\"%016" PRIx64 "\",\"keys\":%" PRIu64 ",\"batches\":%" PRIu64
-                  ",\"combined_ops\":%" PRIu64 "}",
-                  n ? "," : "", n, digests[n], sizes[n], reps[n]->combined_batches(), reps[n]->combined_ops());
+    std::printf("{\"topology\":{\"nodes\":%u,\"emulated\":%s,\"cpus\":%zu,\"description\":\"%s\"},", replicas,
+                topo.emulated ? "true" : "false", topo.cpu_count(), topo.describe().c_str());
+    std::printf("\"replicas\":%u,\"cores\":%u,\"cores_per_node\":%u,\"log\":\"ring\",\"seconds\":%.3f,", replicas,
+                replicas * kernel.cores_per_node(), kernel.cores_per_node(), secs);
+    std::printf("\"processes\":[");
+    for (size_t i = 0; i < totals.reports.size(); ++i) {
+      const boot::ProcessReport& r = totals.reports[i];
+      std::printf("%s{\"pid\":%" PRIu64 ",\"name\":\"%s\",\"status\":%d,\"cores\":[%s],\"load_offset\":%" PRIu64
+                  ",\"mappings\":%" PRIu64 ",\"shootdowns\":%" PRIu64 ",\"seconds\":%.3f,\"vmem_digests\":[%s],"
+                  "\"vmem_equal\":%s}",
+                  i ? "," : "", r.pid, r.name.c_str(), r.status, list(r.cores).c_str(), r.load_offset, r.mappings,
+                  r.shootdowns, r.seconds, hex_list(r.vmem_digests, true).c_str(), r.vmem_equal ? "true" : "false");
     }
-    std::printf("],\"digests_equal\":%s,\"read_your_writes\":%" PRIu64 ",\"ok\":%s}\n",
-                digests_equal ? "true" : "false", own_ok, ok ? "true" : "false");
+    std::printf("],\"subsystems\":{");
+    std::printf("\"proc\":{\"spawned\":%" PRIu64 ",\"exited\":%" PRIu64 ",\"calls\":%" PRIu64
+                ",\"digests\":[%s],\"equal\":%s},",
+                s.processes_spawned, s.processes_exited, s.proc_calls, hex_list(d.proc, true).c_str(),
+                all_equal(d.proc) ? "true" : "false");
+    std::printf("\"fs\":{\"calls\":%" PRIu64 ",\"calls_per_s\":%.0f,\"digests\":[%s],\"equal\":%s},", s.fs_calls,
+                s.fs_calls / secs, hex_list(d.fs, true).c_str(), all_equal(d.fs) ? "true" : "false");
+    std::printf("\"vmem\":{\"calls\":%" PRIu64 ",\"calls_per_s\":%.0f,\"mmu_accesses\":%" PRIu64
+                ",\"shootdowns\":%" PRIu64 ",\"digests\":[%s],\"equal\":%s}},",
+                s.vmem_calls, s.vmem_calls / secs, s.mmu_accesses, s.shootdowns_sent, hex_list(d.vmem, true).c_str(),
+                all_equal(d.vmem) ? "true" : "false");
+    std::printf("\"gc\":{\"nudges_sent\":%" PRIu64 ",\"nudges_handled\":%" PRIu64 ",\"idle_advances\":%" PRIu64 "},",
+                s.nudges_sent, s.nudges_handled, s.idle_advances);
+    std::printf("\"call_errors\":%" PRIu64 ",\"digests_equal\":%s,\"ok\":%s", s.call_errors, d.equal() ? "true" : "false",
+                ok ? "true" : "false");
+    if (!first_error.empty()) std::printf(",\"error\":\"%s\"", first_error.c_str());
+    std::printf("}\n");
     return ok ? 0 : 1;
   }
-
-  std::printf("done in %.2f s\n", secs);
-  std::printf("throughput %.2f M ops/s (%" PRIu64 " reads, %" PRIu64 " writes; log tail %" PRIu64
-              ", %" PRIu64 " lagging-replica nudges)\n", mops, reads, writes, log.tail(), group.lagging_nudges());
-  for (uint32_t n = 0; n < replicas; ++n) {
-    const uint64_t b = reps[n]->combined_batches();
-    std::printf("replica %-2u digest %016" PRIx64 "  %" PRIu64 " keys  %" PRIu64 " combined batches, %.2f ops/batch\n",
-                n, digests[n], sizes[n], b, b ? static_cast<double>(reps[n]->combined_ops()) / static_cast<double>(b) : 0.0);
+  std::printf("\nsummary    %u replica%s (one per node), %u kernel cores, ring logs, %.2f s %s\n", replicas,
+              replicas == 1 ? "" : "s", replicas * kernel.cores_per_node(), secs,
+              interactive ? "in the shell" : "of programs");
+  std::printf("proc       %" PRIu64 " processes spawned, %" PRIu64 " exited (%" PRIu64 " getpid/exit calls)\n",
+              s.processes_spawned, s.processes_exited, s.proc_calls);
+  std::printf("fs         %" PRIu64 " system calls, %.0f calls/s\n", s.fs_calls, s.fs_calls / secs);
+  std::printf("vmem       %" PRIu64 " map/unmap/protect calls (%.0f/s), %" PRIu64 " MMU accesses, %" PRIu64
+              " TLB shootdowns\n",
+              s.vmem_calls, s.vmem_calls / secs, s.mmu_accesses, s.shootdowns_sent);
+  std::printf("log gc     %" PRIu64 " nudges sent, %" PRIu64 " handled; %" PRIu64 " idle advances\n", s.nudges_sent,
+              s.nudges_handled, s.idle_advances);
+  std::printf("digests    replica  proc              fs                vmem\n");
+  for (uint32_t r = 0; r < replicas; ++r) {
+    std::printf("           %-7u  %s  %s  %s\n", r, hex(d.proc[r]).c_str(), hex(d.fs[r]).c_str(), hex(d.vmem[r]).c_str());
   }
-  std::printf("checks     replicas agree: %s; read-your-writes: %" PRIu64 "/%zu threads\n",
-              digests_equal ? "yes" : "NO", own_ok, results.size());
+  std::printf("checks     replicas agree: %s; programs exited 0: %s\n", d.equal() ? "yes" : "NO",
+              std::all_of(totals.reports.begin(), totals.reports.end(), [](const auto& r) { return r.status == 0; })
+                  ? "yes"
+                  : "NO");
   if (!first_error.empty()) std::printf("error      %s\n", first_error.c_str());
   std::printf("result     %s\n", ok ? "OK" : "FAILED");
   return ok ? 0 : 1;

@@ -1,0 +1,162 @@
+// nrx::boot::Kernel: the single-box nrx kernel assembled (DESIGN 1 and 4; NrOS paper sections 4.4
+// and 4.5): physical memory with one pool per (possibly emulated) NUMA node; one replica per node of
+// every subsystem (the process table on NR, NR-FS on CNR, and each process's NR-vMem address
+// space); kernel cores as threads pinned to their node's CPUs, each with a mailbox; processes
+// created in two stages from ELF64 images and run by the cores they hold.
+//
+// Kernel cores (executors). Each core thread loops over its mailbox:
+//   Run(process, thread)  run the process's program on this core (attaching the core to the
+//                         process's address space: it then takes part in TLB shootdowns);
+//   Stop(process)         acknowledge that the process no longer runs here (the exit protocol);
+//   a nudge flag          advance this node's replicas (below).
+// With nothing to do for a tick (1 ms), a core advances its node's replicas of every subsystem:
+// idle cores keep their replica from holding back the logs' heads.
+//
+// Log garbage collection (paper section 4.5): every log's lagging-replica hook, run by an appender
+// that finds the log full, sets the nudge flag of one core of the lagging replica's node (round
+// robin) and wakes it; the core advances its replicas at its next syscall or in its idle loop. The
+// groups' own hooks also apply the lagging replica from the appender's thread (try_sync), so a node
+// whose cores are all busy still cannot block the others.
+//
+// Processes. spawn() runs stage 1 of the loader (proc/loader.h: parse, allocate and fill the
+// writable frames, outside NR), the process table's replicated Create (the pid and the one load
+// offset every replica agrees on), stage 2 (per-replica copies of the read-only segments, the
+// shared writable frames, the stack: replicated address-space ops), and the replicated AllocCore
+// for one core on each requested node (over-subscription is an error: a core runs one process).
+// Exit (a program calls exit(), its last core returns, or kill()): the process is marked exiting
+// (its calls get ESRCH), a Stop message goes to each of its other cores and the exiting side
+// waits for every acknowledgement; then the address space's replicas are compared (digest per
+// replica) and the replicated Exit removes the process and frees its cores on every replica; last,
+// its memory is freed.
+//
+// Thread safety: spawn, wait, kill, processes, mappings, console_syscall, digests and stats are safe
+// from any thread that is not a kernel core (they serialise on the console); cores run programs.
+//
+//   auto kernel = Kernel::create({.topology = Topology::detect().emulate(2).value()}).value();
+//   Pid pid = kernel->spawn(*find_program("fsbench"), image, {}).value();
+//   ProcessReport r = kernel->wait(pid).value();          // r.status, r.vmem_digests
+//   ReplicaDigests d = kernel->digests();                  // d.equal()
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "kernel/boot/sys.h"
+#include "kernel/boot/topology.h"
+#include "kernel/mem/memory.h"
+#include "kernel/proc/process_table.h"
+#include "kernel/syscall/nrx_syscall.h"
+#include "kernel/vmem/address_space.h"
+
+namespace nrx::boot {
+
+using Pid = uint64_t;
+
+struct KernelOptions {
+  Topology topology = Topology::detect();  // the nodes to boot on (detected, or emulated)
+  uint32_t cores_per_node = 0;             // kernel cores per node; 0: the node's CPU count
+  uint64_t pool_bytes = 256ull << 20;      // physical memory per node (a multiple of 2 MiB)
+  uint32_t fs_logs = 4;                    // NR-FS's CNR logs
+  uint32_t log_slots = 4096;               // per log (a power of two)
+  bool pin = true;                         // pin core threads to their node's CPUs
+};
+
+struct SpawnOptions {
+  std::vector<uint32_t> nodes;  // one core on each of these nodes; empty: one on every node
+  ProgramArgs args;
+};
+
+// Counters summed over the kernel cores.
+struct KernelStats {
+  uint64_t fs_calls = 0;           // NR-FS system calls
+  uint64_t vmem_calls = 0;         // mmap, munmap, mprotect
+  uint64_t proc_calls = 0;         // getpid, exit
+  uint64_t call_errors = 0;        // calls that returned -errno
+  uint64_t mmu_accesses = 0;       // loads and stores through the MMU
+  uint64_t shootdowns_sent = 0;    // by exited processes' address spaces
+  uint64_t processes_spawned = 0;
+  uint64_t processes_exited = 0;
+  uint64_t nudges_sent = 0;        // lagging-replica hook calls that flagged a core
+  uint64_t nudges_handled = 0;
+  uint64_t idle_advances = 0;      // idle ticks that advanced replicas
+};
+
+struct ProcessReport {
+  Pid pid = 0;
+  std::string name;
+  int status = 0;                      // the exit status (137: killed)
+  std::vector<uint32_t> cores;         // the kernel cores it held
+  uint64_t load_offset = 0;            // agreed by the process table (PIE); 0 otherwise
+  uint64_t entry = 0;                  // with the load offset
+  std::vector<uint64_t> vmem_digests;  // its address space, per replica, at exit
+  bool vmem_equal = false;             // all replicas agreed (and passed check_consistency)
+  uint64_t mappings = 0;               // at exit
+  uint64_t shootdowns = 0;             // sent by its unmaps and protects
+  double seconds = 0;                  // from spawn to exit
+  std::string error;                   // a kernel-side failure during exit, if any
+};
+
+// Per-replica digests of each subsystem (index = replica = node).
+struct ReplicaDigests {
+  std::vector<uint64_t> proc;
+  std::vector<uint64_t> fs;
+  std::vector<uint64_t> vmem;  // over every process that ran (at exit) and every live one (now)
+  bool equal() const;
+};
+
+class CoreSys;
+
+class Kernel {
+ public:
+  // Boots: memory, replicas, core threads (started and registered before this returns).
+  // Errors: kInvalidArgument (no nodes, cores_per_node * nodes above the process table's limit,
+  // log_slots not a power of two); memory, log and replica errors.
+  static Result<std::unique_ptr<Kernel>> create(const KernelOptions& options);
+  // Kills every live process, stops and joins the cores.
+  ~Kernel();
+  Kernel(const Kernel&) = delete;
+  Kernel& operator=(const Kernel&) = delete;
+
+  const Topology& topology() const;
+  uint32_t nodes() const;
+  uint32_t cores_per_node() const;
+  const mem::Memory& memory() const;
+
+  // Creates a process running |program| from the ELF64 file |image| (kept alive by the caller until
+  // spawn returns). Errors: the loader's (kInvalidArgument for a bad ELF file); kInvalidArgument (a
+  // node that does not exist, twice the same node); kResourceExhausted (no free core on a node, no
+  // memory); log errors. On error nothing of the process remains.
+  Result<Pid> spawn(const Program& program, std::span<const std::byte> image, const SpawnOptions& options);
+  // Waits until |pid| has exited; returns its report (once: the kernel then forgets it).
+  // Errors: kNotFound (no such process, or already waited for).
+  Result<ProcessReport> wait(Pid pid);
+  // Stops |pid| (exit status 137) and waits for it. Errors: as wait.
+  Result<ProcessReport> kill(Pid pid);
+
+  // The replicated process table (replica 0), sorted by pid.
+  std::vector<proc::ProcessInfo> processes();
+  // The mappings of live process |pid| (replica 0). Errors: kNotFound.
+  Result<std::vector<vmem::Mapping>> mappings(Pid pid);
+  // One NR-FS system call from the console (replica 0); the process calls are ENOSYS here.
+  void console_syscall(const nrx_request& request, std::span<std::byte> data, nrx_response& response);
+  // Brings every replica up to date and digests it. Call when no program is running (a running one
+  // changes state between the replicas' digests).
+  ReplicaDigests digests();
+  KernelStats stats() const;
+  // "fs: 3 logs ...": one line per subsystem describing its replicas.
+  std::string describe() const;
+
+ private:
+  friend class CoreSys;  // a process's system calls on a core (kernel.cc)
+  struct Impl;
+  explicit Kernel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nrx::boot

@@ -1,0 +1,154 @@
+// `nrx boot` end to end (tools/nrx/boot.cc): the built nrx binary (NRX_BINARY) boots the kernel with
+// 1 and with 2 emulated nodes and runs the demo (fsbench, mapbench and kv as processes loaded from
+// the binary's own ELF image); the test checks the exit code, the JSON summary's fields, that every
+// subsystem's digests are equal across the replicas (one digest per replica), and the text summary.
+// Also the interactive shell driven through stdin, and bad input (exit 2, one line on stderr).
+//
+// Every run is bounded: the programs run for a fraction of a second and a child that outlives
+// kRunTimeout is killed and reported.
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/tools/nrx_runner.h"
+
+namespace nrx::tools {
+namespace {
+
+using test::JsonChecker;
+using test::RunResult;
+using test::TempDir;
+
+constexpr auto kRunTimeout = std::chrono::seconds(240);
+
+RunResult boot(const std::vector<std::string>& args, const TempDir& dir, const std::string& stdin_text = "") {
+  std::vector<std::string> all = {"boot"};
+  all.insert(all.end(), args.begin(), args.end());
+  std::string in;
+  if (!stdin_text.empty()) {
+    in = dir.path() + "/stdin.txt";
+    std::ofstream(in) << stdin_text;
+  }
+  return test::run_nrx(all, dir.path(), kRunTimeout, in);
+}
+
+// The hex strings of the JSON array "key":[...] that first follows the text |after| in |json|.
+std::vector<std::string> array_after(const std::string& json, const std::string& after, const std::string& key) {
+  const size_t from = json.find(after);
+  if (from == std::string::npos) return {};
+  const size_t k = json.find("\"" + key + "\":[", from);
+  if (k == std::string::npos) return {};
+  const size_t open = json.find('[', k);
+  const size_t close = json.find(']', open);
+  std::vector<std::string> out;
+  const std::string body = json.substr(open + 1, close - open - 1);
+  static const std::regex item("\"([0-9a-f]{16})\"");
+  for (auto it = std::sregex_iterator(body.begin(), body.end(), item); it != std::sregex_iterator(); ++it) {
+    out.push_back((*it)[1]);
+  }
+  return out;
+}
+
+class BootJson : public ::testing::TestWithParam<int> {};
+
+TEST_P(BootJson, RunsTheDemoAndEveryReplicaAgrees) {
+  const int nodes = GetParam();
+  TempDir dir;
+  RunResult r = boot({"--nodes", std::to_string(nodes), "--duration", "0.6", "--json"}, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  JsonChecker check(r.out);
+  ASSERT_TRUE(check.valid()) << "invalid JSON at byte " << check.where() << ": " << r.out;
+  EXPECT_NE(r.out.find("\"replicas\":" + std::to_string(nodes) + ","), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"digests_equal\":true"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << r.out;
+  for (const char* name : {"fsbench", "mapbench", "kv"}) {
+    EXPECT_NE(r.out.find(std::string("\"name\":\"") + name + "\",\"status\":0"), std::string::npos) << name;
+    const auto vmem = array_after(r.out, std::string("\"name\":\"") + name, "vmem_digests");
+    ASSERT_EQ(vmem.size(), static_cast<size_t>(nodes)) << name;
+    EXPECT_TRUE(std::all_of(vmem.begin(), vmem.end(), [&](const std::string& d) { return d == vmem.front(); }));
+  }
+  for (const char* subsystem : {"proc", "fs", "vmem"}) {
+    // Searched from "subsystems" on: the per-process objects hold other digests.
+    const size_t sub = r.out.find("\"subsystems\"");
+    ASSERT_NE(sub, std::string::npos);
+    const auto d = array_after(r.out.substr(sub), std::string("\"") + subsystem + "\"", "digests");
+    ASSERT_EQ(d.size(), static_cast<size_t>(nodes)) << subsystem << ": " << r.out;
+    EXPECT_TRUE(std::all_of(d.begin(), d.end(), [&](const std::string& x) { return x == d.front(); })) << subsystem;
+  }
+  // The programs did real work through the system calls.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("\"fs\":\\{\"calls\":([0-9]+)")));
+  EXPECT_GT(std::stoull(m[1]), 100u);
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("\"mmu_accesses\":([0-9]+)")));
+  EXPECT_GT(std::stoull(m[1]), 100u);
+  if (nodes > 1) {
+    // mapbench's unmaps ran with its other core attached: shootdowns were sent.
+    ASSERT_TRUE(std::regex_search(r.out, m, std::regex("\"vmem\":\\{[^}]*\"shootdowns\":([0-9]+)")));
+    EXPECT_GT(std::stoull(m[1]), 0u);
+  }
+  // Progress went to stderr, so stdout is only the JSON object.
+  EXPECT_NE(r.err.find("[1/5] booting"), std::string::npos) << r.err;
+}
+
+// 1 node: the machine as detected (or its first node); 2: emulated, each with its own replicas.
+INSTANTIATE_TEST_SUITE_P(Nodes, BootJson, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& i) { return std::to_string(i.param) + "nodes"; });
+
+TEST(BootText, PrintsTheSummary) {
+  TempDir dir;
+  RunResult r = boot({"--nodes", "2", "--cores-per-node", "1", "--duration", "0.3"}, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  for (const char* field : {"topology", "proc ", "fs ", "vmem ", "log gc", "digests", "checks     replicas agree: yes",
+                            "result     OK"}) {
+    EXPECT_NE(r.out.find(field), std::string::npos) << field << " missing from:\n" << r.out;
+  }
+  // One digest row per replica, each with three equal-length hex digests.
+  const std::regex row("\n           ([01]) +([0-9a-f]{16})  ([0-9a-f]{16})  ([0-9a-f]{16})");
+  std::vector<std::smatch> rows;
+  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator(); ++it) rows.push_back(*it);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  for (int col = 2; col <= 4; ++col) EXPECT_EQ(rows[0][col], rows[1][col]) << "column " << col;
+}
+
+TEST(BootShell, RunsCommandsThroughTheSystemCalls) {
+  TempDir dir;
+  RunResult r = boot({"--nodes", "2", "--interactive"}, dir,
+                     "mkdir /notes\nwrite /notes/a hello nrx\ncat /notes/a\nls /notes\nrun kv 0.2\nps\n"
+                     "map 99\nbogus\nrm /notes/a\nls /notes\nexit\n");
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("hello nrx\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nrx> a\n"), std::string::npos) << r.out;  // ls before the rm
+  EXPECT_NE(r.out.find("exit 0 in"), std::string::npos) << r.out;  // run kv
+  EXPECT_NE(r.out.find("map: no live process 99"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("unknown command 'bogus'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("result     OK"), std::string::npos) << r.out;
+}
+
+TEST(BootUsage, BadInputExitsTwoWithOneLine) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--nodes", "0"},       {"--nodes", "x"},         {"--duration", "-1"}, {"--duration", "abc"},
+      {"--log", "tape"},      {"--log", "shm"},         {"--memory", "3"},    {"--cores-per-node", "0"},
+      {"--no-such-option"},   {"positional"},
+  };
+  for (const auto& args : bad) {
+    TempDir dir;
+    RunResult r = boot(args, dir);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << ": " << r.out << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find("nrx boot:"), std::string::npos) << r.err;
+  }
+  TempDir dir;
+  RunResult help = boot({"--help"}, dir);
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* opt : {"--nodes", "--cores-per-node", "--duration", "--log", "--json", "--interactive"}) {
+    EXPECT_NE(help.out.find(opt), std::string::npos) << opt;
+  }
+}
+
+}  // namespace
+}  // namespace nrx::tools
