@@ -728,6 +728,10 @@ Result<std::vector<vmem::Mapping>> Kernel::mappings(Pid pid) {
   return Status::not_found("no live process " + std::to_string(pid));
 }
 
+Result<std::unique_ptr<syscall::ChannelServer>> Kernel::serve_channel(const std::string& path, uint32_t replica) {
+  return syscall::ChannelServer::start(*impl_->fs, replica, {.path = path});
+}
+
 void Kernel::console_syscall(const nrx_request& request, std::span<std::byte> data, nrx_response& response) {
   MutexLock lock(impl_->console_mu);
   syscall::execute(*impl_->fs, impl_->console_fs[0], request, data, response, nullptr);

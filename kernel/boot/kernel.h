@@ -51,6 +51,7 @@
 #include "kernel/boot/topology.h"
 #include "kernel/mem/memory.h"
 #include "kernel/proc/process_table.h"
+#include "kernel/syscall/channel.h"
 #include "kernel/syscall/nrx_syscall.h"
 #include "kernel/vmem/address_space.h"
 
@@ -143,6 +144,11 @@ class Kernel {
   std::vector<proc::ProcessInfo> processes();
   // The mappings of live process |pid| (replica 0). Errors: kNotFound.
   Result<std::vector<vmem::Mapping>> mappings(Pid pid);
+  // Lets other Linux processes reach this kernel's NR-FS: the shared-memory system-call channel at
+  // |path| (libnrx, kernel/syscall/libnrx.h), served through replica |replica|. Destroy the server
+  // before the kernel. Errors: ChannelServer::start's (kInvalidArgument, kAlreadyExists,
+  // kResourceExhausted when the replica has no thread slots left for its threads).
+  Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica = 0);
   // One NR-FS system call from the console (replica 0); the process calls are ENOSYS here.
   void console_syscall(const nrx_request& request, std::span<std::byte> data, nrx_response& response);
   // Brings every replica up to date and digests it. Call when no program is running (a running one

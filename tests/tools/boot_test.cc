@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernel/syscall/libnrx.h"
 #include "tests/tools/nrx_runner.h"
 
 namespace nrx::tools {
@@ -127,6 +128,66 @@ TEST(BootShell, RunsCommandsThroughTheSystemCalls) {
   EXPECT_NE(r.out.find("map: no live process 99"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("unknown command 'bogus'"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("result     OK"), std::string::npos) << r.out;
+}
+
+// Other Linux processes attach to the booted kernel through the system-call channel: a libnrx
+// client (this test) writes a file, and the kernel's shell, reading stdin from a pipe, prints it.
+TEST(BootChannel, OtherProcessesReachTheBootedKernel) {
+  TempDir dir;
+  const std::string channel = "/dev/shm/nrx-boot-test-" + std::to_string(getpid());
+  int in[2];
+  ASSERT_EQ(pipe(in), 0);
+  std::vector<std::string> args = {NRX_BINARY, "boot", "--nodes", "2", "--interactive", "--channel", channel};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string out_path = dir.path() + "/stdout.txt", err_path = dir.path() + "/stderr.txt";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_addclose(&fa, in[1]);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, NRX_BINARY, &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  close(in[0]);
+  // The channel appears once the kernel has booted (polled, with a deadline).
+  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
+  int connected = -1;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (std::filesystem::exists(channel) && (connected = nrx_connect(channel.c_str())) == 0) break;
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) break;  // it died: reported below
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(connected, 0) << nrx_last_error() << test::read_file(err_path);
+  if (connected == 0) {
+    const std::string text = "written by a Linux process";
+    const int fd = nrx_open("/from-linux", NRX_O_CREAT | NRX_O_RDWR, 0644);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(nrx_write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+    EXPECT_EQ(nrx_close(fd), 0);
+    EXPECT_EQ(nrx_disconnect(), 0);
+  }
+  const std::string script = "cat /from-linux\nexit\n";
+  EXPECT_EQ(write(in[1], script.data(), script.size()), static_cast<ssize_t>(script.size()));
+  close(in[1]);
+  int status = 0;
+  for (;;) {
+    if (waitpid(pid, &status, WNOHANG) == pid) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      (void)waitpid(pid, &status, 0);
+      FAIL() << "nrx boot ran past the test's time limit";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child, with a deadline
+  }
+  const std::string out = test::read_file(out_path);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out << test::read_file(err_path);
+  EXPECT_NE(out.find("written by a Linux process"), std::string::npos) << out;
+  EXPECT_NE(out.find("result     OK"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(channel)) << "the channel file outlived the kernel";
 }
 
 TEST(BootUsage, BadInputExitsTwoWithOneLine) {

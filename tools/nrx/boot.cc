@@ -294,6 +294,8 @@ int run_boot(const std::vector<std::string>& args) {
   cmd.option("log", "BACKEND", "operation-log backend: ring (shm and rdma come with the rack issues)", "ring");
   cmd.option("memory", "MIB", "physical memory per node, in MiB (a multiple of 2)", "256");
   cmd.option("seed", "S", "random seed of the programs", "1");
+  cmd.option("channel", "PATH",
+             "also serve NR-FS to other Linux processes on the syscall channel at PATH (libnrx)");
   cmd.flag("json", "print the summary as one JSON object instead of text");
   cmd.flag("interactive", "open a shell on the booted kernel instead of running the demo");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
@@ -353,6 +355,17 @@ int run_boot(const std::vector<std::string>& args) {
   boot::Kernel& kernel = **made;
   std::fprintf(progress, "done in %.2f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   if (!json) std::fputs(kernel.describe().c_str(), stdout);
+  std::unique_ptr<syscall::ChannelServer> channel;
+  if (std::optional<std::string> path = cmd.get("channel")) {
+    Result<std::unique_ptr<syscall::ChannelServer>> server = kernel.serve_channel(*path);
+    if (!server.ok()) {
+      std::fprintf(stderr, "nrx boot: cannot serve the channel: %s\n", server.status().to_string().c_str());
+      return 1;
+    }
+    channel = std::move(*server);
+    std::fprintf(progress, "channel    %s: other processes reach NR-FS through libnrx (replica 0)\n", path->c_str());
+    std::fflush(progress);
+  }
 
   Totals totals;
   bool ok = true;

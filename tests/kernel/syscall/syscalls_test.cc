@@ -283,6 +283,71 @@ TEST_F(SyscallsTest, UnknownNumbersAreEnosys) {
   EXPECT_STREQ(syscall_name(UINT32_MAX), "unknown");
 }
 
+// The process and memory calls reach a ProcessCalls only (a program on a kernel core); without
+// one they are ENOSYS. Their field rules are checked before the implementation sees them.
+class RecordingCalls : public ProcessCalls {
+ public:
+  int64_t getpid() override { return record("getpid", 0, 0, 0); }
+  int64_t exit(uint32_t status) override { return record("exit", status, 0, 0); }
+  int64_t mmap(uint64_t va, uint64_t len, uint32_t prot) override { return record("mmap", va, len, prot); }
+  int64_t munmap(uint64_t va, uint64_t len) override { return record("munmap", va, len, 0); }
+  int64_t mprotect(uint64_t va, uint64_t len, uint32_t prot) override { return record("mprotect", va, len, prot); }
+  std::string last;
+
+ private:
+  int64_t record(const char* name, uint64_t a, uint64_t b, uint64_t c) {
+    last = std::string(name) + " " + std::to_string(a) + " " + std::to_string(b) + " " + std::to_string(c);
+    return 42;
+  }
+};
+
+TEST_F(SyscallsTest, ProcessCallsNeedAProcess) {
+  for (uint32_t sysno : {NRX_SYS_GETPID, NRX_SYS_EXIT, NRX_SYS_MMAP, NRX_SYS_MUNMAP, NRX_SYS_MPROTECT}) {
+    EXPECT_EQ(run(req(sysno)).result, -ENOSYS) << syscall_name(sysno);
+  }
+  EXPECT_STREQ(syscall_name(NRX_SYS_MPROTECT), "mprotect");
+
+  RecordingCalls calls;
+  auto call = [&](const nrx_request& r) {
+    nrx_response resp{};
+    execute(*fs_, h0_, r, data_, resp, &calls);
+    return resp.result;
+  };
+  nrx_request r = req(NRX_SYS_MMAP);
+  r.offset = 0x10000;
+  r.length = 0x2000;
+  r.flags = NRX_PROT_WRITE;
+  EXPECT_EQ(call(r), 42);
+  EXPECT_EQ(calls.last, "mmap 65536 8192 1");
+  r.flags = 0x80;  // an unknown protection bit
+  calls.last.clear();
+  EXPECT_EQ(call(r), -EINVAL);
+  EXPECT_EQ(calls.last, "") << "the implementation must not see a request the ABI refuses";
+  r = req(NRX_SYS_MUNMAP);
+  r.offset = 0x10000;
+  r.length = 0x1000;
+  r.mode = 1;  // a field munmap does not take
+  EXPECT_EQ(call(r), -EINVAL);
+  r.mode = 0;
+  EXPECT_EQ(call(r), 42);
+  EXPECT_EQ(calls.last, "munmap 65536 4096 0");
+  r = req(NRX_SYS_EXIT);
+  r.flags = 256;  // statuses are 0..255
+  EXPECT_EQ(call(r), -EINVAL);
+  r.flags = 255;
+  EXPECT_EQ(call(r), 42);
+  EXPECT_EQ(calls.last, "exit 255 0 0");
+  r = req(NRX_SYS_GETPID);
+  r.ino = 3;
+  EXPECT_EQ(call(r), -EINVAL);
+  // The file-system calls still work beside them.
+  nrx_request mk = req(NRX_SYS_MKDIR);
+  mk.path_len = 2;
+  mk.mode = 0755;
+  std::memcpy(data_.data(), "/p", 2);
+  EXPECT_EQ(call(mk), 0);
+}
+
 TEST_F(SyscallsTest, CorruptRequestFieldsAreRejected) {
   const int64_t ino = open("/f", NRX_O_CREAT | NRX_O_RDWR);
   ASSERT_GT(ino, 0);
