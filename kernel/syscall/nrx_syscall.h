@@ -55,7 +55,8 @@
  * ENAMETOOLONG, ENOENT (also an empty path), EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EBADF (an inode
  * that does not exist), ENOSPC, EFBIG; for the memory calls EEXIST (mmap over a mapped page),
  * ENOMEM (no frames left), ENOENT (munmap/mprotect of a range with an unmapped page: nothing
- * changes); ESRCH from any call of a process that is being stopped (its exit has begun). Through
+ * changes), EACCES (mprotect making a per-replica copy of read-only code or data writable);
+ * ESRCH from any call of a process that is being stopped (its exit has begun). Through
  * the channel also ECONNRESET (the server stopped or died), ETIMEDOUT (no answer within the client's timeout), EPROTO (a malformed answer).
  *
  * Thread safety: plain data; see the C++ and client APIs for who may touch what.

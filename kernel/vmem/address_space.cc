@@ -208,6 +208,15 @@ void AddressSpace::apply_locked(const WriteOp& op, const nr::ApplyContext& ctx, 
         r.status = pieces.status();
         break;
       }
+      // A per-replica copy stays read-only: a store to a writable one would reach one replica's
+      // copy only, and the replicas would differ. Ownership is replicated state, so every replica
+      // refuses alike.
+      if ((op.rights & rights::kWrite) != 0 &&
+          std::any_of(pieces->begin(), pieces->end(), [](const Mapping& m) { return m.owned; })) {
+        r.status = Status::permission_denied("range " + hex(op.vaddr) + " + " + hex(op.len) +
+                                             " holds per-replica copies (MapCopy), which cannot be made writable");
+        break;
+      }
       (void)split(*pieces, op.vaddr, op.vaddr + op.len, true, op.rights);
       tables_.protect(op.vaddr, op.len, pte_rights(op.rights));
       break;

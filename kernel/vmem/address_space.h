@@ -15,7 +15,8 @@
 //   Unmap(vaddr, len)               remove every page in the range; returns the removed pieces that
 //                                   are not owned so the caller frees their frames once the TLBs are
 //                                   shot down; owned pages are freed by each replica itself
-//   Adjust(vaddr, len, rights)      change the rights of every page in the range
+//   Adjust(vaddr, len, rights)      change the rights of every page in the range (MapCopy pages
+//                                   never become writable: kPermissionDenied)
 //   Resolve(vaddr[, access])        the page walker's translation (read op)
 // Partial unmaps and adjusts split mappings (as munmap/mprotect do); a 2 MiB page is never split.
 // Page-table frames (and MapCopy's page frames) come from mem::DeterministicAllocator keyed by the
@@ -142,8 +143,9 @@ class AddressSpace {
   // Map, MapCopy, Unmap, Adjust. Errors in Response::status: kInvalidArgument (see validate(); and
   // MapCopy: a payload the log does not hold, or no log); kAlreadyExists (Map/MapCopy over a mapped
   // page: nothing is allocated); kNotFound (Unmap/Adjust of a page that is not mapped: nothing
-  // changes); kResourceExhausted (no frames for page tables or MapCopy's pages: nothing changes,
-  // nothing stays allocated, on every replica alike). MapCopy releases its payload (for
+  // changes); kPermissionDenied (Adjust adding write rights to per-replica copies: the replicas'
+  // copies would differ; nothing changes); kResourceExhausted (no frames for page tables or
+  // MapCopy's pages: nothing changes, nothing stays allocated, on every replica alike). MapCopy releases its payload (for
   // ctx.replica) after applying, whatever the outcome (also when validate() fails).
   Response dispatch_mut(const WriteOp& op, const nr::ApplyContext& ctx);
 

@@ -149,6 +149,24 @@ TEST_F(MapCopyTest, EmptyPayloadMapsZeroPages) {
   expect_back_to_start();
 }
 
+// Per-replica copies never become writable: a store would reach one replica's copy only. Every
+// replica refuses the Adjust alike and nothing changes (the digests stay equal).
+TEST_F(MapCopyTest, CopiesCannotBeMadeWritable) {
+  const uint64_t va = 0x200'0000;
+  ASSERT_TRUE(vs_->map_copy(*cores_[0], pattern(2 * k4K, 5), va, 2 * k4K, rights::kExecute).ok());
+  const uint64_t before = digest(0, nullptr);
+  Status st = vs_->adjust(*cores_[0], va, 2 * k4K, rights::kWrite | rights::kUser);
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.to_string();
+  st = vs_->adjust(*cores_[0], va + k4K, k4K, rights::kWrite);
+  EXPECT_EQ(st.code(), StatusCode::kPermissionDenied) << st.to_string();
+  EXPECT_EQ(digest(0, nullptr), before);
+  EXPECT_EQ(digest(1, nullptr), before);
+  EXPECT_TRUE(vs_->translate(*cores_[0], va, Access::kWrite).status().code() != StatusCode::kOk);
+  // Removing rights is fine.
+  EXPECT_TRUE(vs_->adjust(*cores_[0], va, 2 * k4K, rights::kUser).ok());
+  ASSERT_TRUE(vs_->unmap(*cores_[0], va, 2 * k4K).ok());
+}
+
 // Unmap hands back the shared pieces of a range and frees the owned ones in each replica; Adjust
 // keeps owned pages owned; a partial Unmap leaves the rest mapped and owned.
 TEST_F(MapCopyTest, UnmapReturnsOnlySharedPiecesAndAdjustKeepsOwnership) {
