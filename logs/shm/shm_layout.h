@@ -1,0 +1,240 @@
+// The on-region format of the shared-memory log (logs/shm/shm_log.h): every byte of the log lives
+// in one caller-provided region that several processes (and, through QEMU, several VMs) map, so
+// this file is the wire format between them (DESIGN.md 3.2). Everything here is trivially
+// copyable, fixed-layout, pinned with static_asserts, and holds offsets from the region's start,
+// never pointers.
+//
+// Region, in order (every section starts on a kInterferenceSize line):
+//
+//   [0, 128)            ShmHeader: magic, layout version, cluster id, epoch, mode, geometry and
+//                       the offset of every section below, then a checksum of all of it. The
+//                       header is immutable once create() has stored the magic (last, release).
+//   control_offset      ControlBlock: tail, ctail, head (cached lower bound), membership (GC lock
+//                       word + active-replica mask), payload counters; each on its own 128-byte
+//                       line. Then max_replicas IndexLines (one ltail per replica), then
+//                       max_replicas ReplicaLines (registration/liveness, reserved for fencing).
+//   slots_offset        slot_count slots of slot_stride bytes: SlotHeader (per-lap alive marker,
+//                       writer, length) + entry bytes, rounded up to a cache line (as the ring).
+//   payload_meta_offset payload_slots PayloadMetas (state word, pending-release mask, length).
+//   payload_data_offset payload_slots fixed-size payload slots of payload_slot_bytes each.
+//   region_bytes        end of the layout (the mapping may be larger, never smaller).
+//
+// Invariants: every section offset and size is a multiple of kInterferenceSize except the
+// payload data slots (multiples of kCacheLineSize); every word accessed atomically is a naturally
+// aligned uint64_t; attach() recomputes the whole layout from the geometry fields and rejects a
+// header whose offsets disagree, so no offset read from the region is ever used unchecked.
+//
+// Thread safety: plain data. The functions below are pure.
+//
+//   Result<shm::Geometry> g = shm::plan_geometry(64, 1024, 16, 64, 4096);
+//   std::vector<std::byte> region(g->region_bytes);   // (a real one is an mmap'ed MAP_SHARED file)
+//   shm::ShmHeader h = shm::make_header(*g, shm::ShmMode::kCoherent, /*cluster*/ 7, /*epoch*/ 1, 0);
+//   Result<shm::Geometry> back = shm::check_header(h, region.size(), 7, 0);   // == *g
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+#include "base/cacheline.h"
+#include "base/status.h"
+
+namespace nrx::logs::shm {
+
+// "NRXSHLOG" read as a little-endian uint64_t.
+inline constexpr uint64_t kMagic = 0x474F4C485358524EULL;
+// Bumped whenever any struct or rule in this file changes meaning.
+inline constexpr uint32_t kLayoutVersion = 1;
+// Entries are at most this long (as the ring).
+inline constexpr uint32_t kMaxEntrySize = 4096;
+// Largest slot_count: 2^31 (slot indices and strides stay within 64-bit offsets by far).
+inline constexpr uint32_t kMaxSlotCount = 1u << 31;
+// A payload slot is at least one cache line and at most what PayloadRef::length can describe.
+inline constexpr uint64_t kMinPayloadSlotBytes = kCacheLineSize;
+inline constexpr uint64_t kMaxPayloadSlotBytes = uint64_t{1} << 31;
+// Each region holds one log for now; the field exists so a multi-log (CNR) region is a new
+// layout version, not a silent misreading.
+inline constexpr uint32_t kLogsPerRegion = 1;
+
+// How processes sharing the region see each other's writes (DESIGN 3.4).
+enum class ShmMode : uint32_t {
+  kCoherent = 1,     // loads, stores and locked read-modify-writes are coherent across sharers
+  kNoncoherent = 2,  // CXL 2.0 style: single-writer lines, flush/invalidate, a sequencer (later)
+};
+
+// The region's first 128 bytes. Written once by create(); |magic| is stored last (release), so
+// an attacher that reads the magic (acquire) reads a complete header.
+struct ShmHeader {
+  uint64_t magic;                // kMagic
+  uint32_t layout_version;       // kLayoutVersion
+  uint32_t header_bytes;         // sizeof(ShmHeader)
+  uint64_t cluster_id;           // the cluster this log belongs to (attach must name the same)
+  uint64_t epoch;                // this creation of the log: differs between re-creations
+  uint64_t region_bytes;         // bytes the layout spans from offset 0
+  uint32_t mode;                 // ShmMode
+  uint32_t log_id;               // LogOptions::log_id of the creator
+  uint32_t log_count;            // kLogsPerRegion
+  uint32_t entry_size;           // 1..kMaxEntrySize
+  uint32_t slot_count;           // power of two, 2..kMaxSlotCount
+  uint32_t slot_stride;          // round_up(sizeof(SlotHeader) + entry_size, kCacheLineSize)
+  uint32_t max_replicas;         // 1..kMaxReplicasLimit
+  uint32_t payload_slots;        // >= 1
+  uint64_t payload_slot_bytes;   // multiple of kCacheLineSize, kMin..kMaxPayloadSlotBytes
+  uint64_t control_offset;       // ControlBlock, then ltail lines, then replica lines
+  uint64_t slots_offset;         // the slot array
+  uint64_t payload_meta_offset;  // PayloadMeta array
+  uint64_t payload_data_offset;  // payload bytes
+  uint64_t checksum;             // header_checksum() of every byte before this field
+  uint64_t reserved;             // zero
+};
+static_assert(std::is_trivially_copyable_v<ShmHeader>);
+static_assert(sizeof(ShmHeader) == 128);
+static_assert(alignof(ShmHeader) == 8);
+static_assert(offsetof(ShmHeader, magic) == 0);
+static_assert(offsetof(ShmHeader, layout_version) == 8);
+static_assert(offsetof(ShmHeader, cluster_id) == 16);
+static_assert(offsetof(ShmHeader, epoch) == 24);
+static_assert(offsetof(ShmHeader, region_bytes) == 32);
+static_assert(offsetof(ShmHeader, mode) == 40);
+static_assert(offsetof(ShmHeader, entry_size) == 52);
+static_assert(offsetof(ShmHeader, payload_slot_bytes) == 72);
+static_assert(offsetof(ShmHeader, control_offset) == 80);
+static_assert(offsetof(ShmHeader, payload_data_offset) == 104);
+static_assert(offsetof(ShmHeader, checksum) == 112);
+
+// One index (tail, ctail, head, an ltail) alone on its line: its writers never share a line with
+// another index's writers (STYLE: kInterferenceSize).
+struct alignas(kInterferenceSize) IndexLine {
+  uint64_t value;
+  uint64_t reserved[15];
+};
+static_assert(std::is_trivially_copyable_v<IndexLine>);
+static_assert(sizeof(IndexLine) == kInterferenceSize);
+static_assert(alignof(IndexLine) == kInterferenceSize);
+
+// Who is in the log. |gc_lock| is 0 when free, else the holder's pid: it serialises raising the
+// cached head with joining and leaving, so a head value that authorises a reservation was never
+// computed without a replica that had already joined (see shm_log.h). |active| has bit r set
+// while replica r is registered; it is changed only under |gc_lock|.
+struct alignas(kInterferenceSize) MembershipLine {
+  uint64_t gc_lock;
+  uint64_t active;
+  uint64_t reserved[14];
+};
+static_assert(sizeof(MembershipLine) == kInterferenceSize);
+static_assert(offsetof(MembershipLine, active) == 8);
+
+// Payload bookkeeping shared by every process: live payloads, and where the next search for a
+// free payload slot starts (a hint: any value works).
+struct alignas(kInterferenceSize) PayloadLine {
+  uint64_t live;
+  uint64_t hint;
+  uint64_t reserved[14];
+};
+static_assert(sizeof(PayloadLine) == kInterferenceSize);
+
+struct ControlBlock {
+  IndexLine tail;
+  IndexLine ctail;
+  IndexLine head;  // a lower bound of min(ltail) over active replicas; raised under gc_lock only
+  MembershipLine membership;
+  PayloadLine payloads;
+};
+static_assert(std::is_trivially_copyable_v<ControlBlock>);
+static_assert(sizeof(ControlBlock) == 5 * kInterferenceSize);
+static_assert(offsetof(ControlBlock, ctail) == 1 * kInterferenceSize);
+static_assert(offsetof(ControlBlock, head) == 2 * kInterferenceSize);
+static_assert(offsetof(ControlBlock, membership) == 3 * kInterferenceSize);
+static_assert(offsetof(ControlBlock, payloads) == 4 * kInterferenceSize);
+
+// Registration and liveness of one replica id. Informational today (the |active| mask is the
+// truth); the fencing work (DESIGN 5) uses |state|, |owner_pid| and |heartbeat|.
+enum class ReplicaState : uint64_t { kFree = 0, kActive = 1, kFenced = 2 };
+struct alignas(kInterferenceSize) ReplicaLine {
+  uint64_t state;        // ReplicaState
+  uint64_t owner_pid;    // the process that registered it
+  uint64_t incarnation;  // registrations of this id so far
+  uint64_t heartbeat;    // reserved for leases: 0 today
+  uint64_t reserved[12];
+};
+static_assert(std::is_trivially_copyable_v<ReplicaLine>);
+static_assert(sizeof(ReplicaLine) == kInterferenceSize);
+static_assert(offsetof(ReplicaLine, owner_pid) == 8);
+
+// The start of every slot (as the ring's). |alive| is the per-lap marker: the entry at index i is
+// live when it equals i / slot_count + 1 (0: never written); |writer| and |length| are published
+// by the release store to |alive|.
+struct SlotHeader {
+  uint64_t alive;
+  uint32_t writer;
+  uint32_t length;
+};
+static_assert(std::is_trivially_copyable_v<SlotHeader>);
+static_assert(sizeof(SlotHeader) == 16);
+static_assert(offsetof(SlotHeader, writer) == 8);
+static_assert(offsetof(SlotHeader, length) == 12);
+
+// One payload slot's metadata. |state| packs the phase and the generation:
+inline constexpr uint64_t kPayloadPhaseMask = 0xff;     // bits 0..7: phase
+inline constexpr uint64_t kPayloadFree = 0;             //   no payload; may be claimed
+inline constexpr uint64_t kPayloadFilling = 1;          //   claimed by a put, bytes being copied
+inline constexpr uint64_t kPayloadLive = 2;             //   readable; |pending| holders
+inline constexpr unsigned kPayloadGenerationShift = 32;  // bits 32..63: generation (PayloadRef's)
+constexpr uint64_t payload_state(uint32_t generation, uint64_t phase) {
+  return (uint64_t{generation} << kPayloadGenerationShift) | phase;
+}
+constexpr uint32_t payload_generation(uint64_t state) {
+  return static_cast<uint32_t>(state >> kPayloadGenerationShift);
+}
+struct PayloadMeta {
+  uint64_t state;    // payload_state(generation, phase)
+  uint64_t pending;  // replicas (bit per id) that have not released it yet
+  uint64_t length;   // bytes in use, <= payload_slot_bytes
+  uint64_t reserved[5];
+};
+static_assert(std::is_trivially_copyable_v<PayloadMeta>);
+static_assert(sizeof(PayloadMeta) == kCacheLineSize);
+static_assert(offsetof(PayloadMeta, pending) == 8);
+
+// The layout of one region, computed from its geometry (never read from the region unchecked).
+struct Geometry {
+  uint32_t entry_size = 0;
+  uint32_t slot_count = 0;
+  uint32_t slot_stride = 0;
+  uint32_t max_replicas = 0;
+  uint32_t payload_slots = 0;
+  uint64_t payload_slot_bytes = 0;
+  uint64_t control_offset = 0;
+  uint64_t ltails_offset = 0;    // max_replicas IndexLines
+  uint64_t replicas_offset = 0;  // max_replicas ReplicaLines
+  uint64_t slots_offset = 0;
+  uint64_t payload_meta_offset = 0;
+  uint64_t payload_data_offset = 0;
+  uint64_t region_bytes = 0;
+  bool operator==(const Geometry&) const = default;
+};
+
+// Checks the ranges (entry_size, slot_count, max_replicas, payload_slots, payload_slot_bytes as
+// the constants above say) and lays the sections out.
+// Errors: kInvalidArgument naming the first field out of range.
+Result<Geometry> plan_geometry(uint32_t entry_size, uint32_t slot_count, uint32_t max_replicas,
+                               uint32_t payload_slots, uint64_t payload_slot_bytes);
+
+// FNV-1a over the header's bytes before |checksum|.
+uint64_t header_checksum(const ShmHeader& header);
+
+// A complete header for |g| (checksum included).
+ShmHeader make_header(const Geometry& g, ShmMode mode, uint64_t cluster_id, uint64_t epoch, uint32_t log_id);
+
+// Validates a header copied out of a region of |region_size| bytes, in this order: magic, layout
+// version, checksum, geometry ranges, section offsets against the geometry, region size, mode,
+// cluster id and epoch (|expected_epoch| 0 accepts any). Returns the geometry.
+// Errors: kInvalidArgument (not a log: wrong magic; another layout version; a region smaller
+// than the layout; another cluster or epoch), kDataLoss (checksum mismatch; a field out of range
+// or inconsistent with the others: a corrupt header), kUnavailable (noncoherent mode, not yet
+// implemented).
+Result<Geometry> check_header(const ShmHeader& header, uint64_t region_size, uint64_t cluster_id,
+                              uint64_t expected_epoch);
+
+}  // namespace nrx::logs::shm
