@@ -165,8 +165,20 @@ TEST(SweepTest, TinyVmemGridWritesCsvJsonAndPngs) {
   check_reads_and_writes(out);
   // Combining is measured: every row has its operations per append round.
   const std::vector<std::string> csv = lines_of(read_file(out + "/results.csv"));
+  // Every field is filled, except that a point starved of CPU (shootdowns wait for the other core
+  // to be scheduled) may have too few samples to have both reads and writes among them: then its
+  // read_* or write_* percentiles (fields 21..24) are empty, honestly.
   for (size_t i = 1; i < csv.size(); ++i) {
-    EXPECT_EQ(csv[i].find(",,"), std::string::npos) << "an empty field: " << csv[i];
+    std::vector<std::string> f;
+    std::stringstream ss(csv[i]);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    if (csv[i].back() == ',') f.push_back("");
+    ASSERT_EQ(f.size(), 28u) << csv[i];
+    const bool few_samples = !f[26].empty() && std::stoull(f[26]) < 20;
+    for (size_t k = 0; k < f.size(); ++k) {
+      if (few_samples && k >= 21 && k <= 24) continue;
+      EXPECT_FALSE(f[k].empty()) << "empty field " << k << ": " << csv[i];
+    }
   }
 }
 
