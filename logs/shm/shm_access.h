@@ -3,16 +3,18 @@
 //
 // Every atomic operation ShmLog performs on a region address goes through an Access policy's
 // static functions, and every block of bytes it publishes or consumes is bracketed by flush() /
-// invalidate(). CoherentAccess (processes on one host, ivshmem between VMs, CXL 3.x) maps them
-// onto std::atomic_ref and no-ops. The noncoherent mode (CXL 2.0 sharing, QEMU's type-3 device)
-// swaps in a policy whose flush is clwb + sfence and whose invalidate is clflushopt, and which
-// forbids cross-host read-modify-writes; a counting policy (tests) derives from CoherentAccess
-// and hides the functions it wants to count.
+// invalidate(). CoherentAccess maps the words onto std::atomic_ref and flush/invalidate onto the
+// cache-maintenance instructions of logs/shm/shm_cache.h (clwb/clflushopt + fences, probed at
+// run time). The log calls flush/invalidate only in noncoherent mode (CXL 2.0 sharing, QEMU's
+// type-3 device), where it also never calls a read-modify-write (compare_exchange, fetch_*) nor a
+// seq_cst store (an xchg on x86): every line there has one writer. A counting policy (tests)
+// derives from CoherentAccess and hides the functions it wants to count; counting them in
+// noncoherent mode is the proof that the mode needs no cross-host atomics.
 //
 // A policy: static functions load, store, compare_exchange, fetch_add, fetch_sub, fetch_or,
 // fetch_and over uint64_t& (region words, naturally aligned), with the std::atomic meaning of
-// each memory order; flush(p, n) after writing n plain bytes another sharer will read;
-// invalidate(p, n) before reading n plain bytes another sharer wrote.
+// each memory order; flush(p, n) after writing n plain bytes another host will read;
+// invalidate(p, n) before reading n plain bytes another host wrote.
 //
 // Thread safety: stateless.
 //
@@ -23,6 +25,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+
+#include "logs/shm/shm_cache.h"
 
 namespace nrx::logs {
 
@@ -57,9 +61,9 @@ struct CoherentAccess {
   static uint64_t fetch_and(uint64_t& word, uint64_t value, std::memory_order order) {
     return std::atomic_ref<uint64_t>(word).fetch_and(value, order);
   }
-  // Coherent memory: what a store wrote is what every sharer's next load sees.
-  static void flush(const void* /*bytes*/, size_t /*n*/) {}
-  static void invalidate(const void* /*bytes*/, size_t /*n*/) {}
+  // Called in noncoherent mode only (coherent memory needs neither).
+  static void flush(const void* bytes, size_t n) { shm::cache::write_back(bytes, n); }
+  static void invalidate(const void* bytes, size_t n) { shm::cache::invalidate(bytes, n); }
 };
 
 }  // namespace nrx::logs

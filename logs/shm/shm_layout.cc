@@ -61,8 +61,15 @@ Result<Geometry> plan_geometry(uint32_t entry_size, uint32_t slot_count, uint32_
   // sums can approach 2^64; they are checked anyway.
   g.control_offset = round_up(sizeof(ShmHeader), kInterferenceSize);
   g.ltails_offset = g.control_offset + sizeof(ControlBlock);
-  g.replicas_offset = g.ltails_offset + uint64_t{max_replicas} * sizeof(IndexLine);
-  g.slots_offset = g.replicas_offset + uint64_t{max_replicas} * sizeof(ReplicaLine);
+  g.replicas_offset = g.ltails_offset + uint64_t{max_replicas} * sizeof(LtailLine);
+  g.sequencer_offset = g.replicas_offset + uint64_t{max_replicas} * sizeof(ReplicaLine);
+  g.requests_offset = g.sequencer_offset + sizeof(SequencerLine);
+  g.responses_offset = g.requests_offset + uint64_t{max_replicas} * sizeof(RequestLine);
+  g.client_requests_offset = g.responses_offset + uint64_t{max_replicas} * sizeof(ResponseLine);
+  g.client_responses_offset = g.client_requests_offset + uint64_t{kMaxClients} * sizeof(ClientRequestLine);
+  g.releases_offset = g.client_responses_offset + uint64_t{kMaxClients} * sizeof(ClientResponseLine);
+  g.release_stride = round_up(uint64_t{payload_slots} * sizeof(uint64_t), kInterferenceSize);
+  g.slots_offset = g.releases_offset + uint64_t{max_replicas} * g.release_stride;
   const uint64_t slots_bytes = round_up(uint64_t{slot_count} * g.slot_stride, kInterferenceSize);
   g.payload_meta_offset = g.slots_offset + slots_bytes;
   const uint64_t meta_bytes = round_up(uint64_t{payload_slots} * sizeof(PayloadMeta), kInterferenceSize);
@@ -165,10 +172,7 @@ Result<Geometry> check_header(const ShmHeader& h, uint64_t region_size, uint64_t
                                     " bytes but the region has only " + std::to_string(region_size) +
                                     " (truncated, or the wrong mapping)");
   }
-  if (h.mode == static_cast<uint32_t>(ShmMode::kNoncoherent)) {
-    return Status::unavailable("the shm log is in noncoherent mode, which comes later");
-  }
-  if (h.mode != static_cast<uint32_t>(ShmMode::kCoherent)) {
+  if (h.mode != static_cast<uint32_t>(ShmMode::kCoherent) && h.mode != static_cast<uint32_t>(ShmMode::kNoncoherent)) {
     return Status::data_loss("shm log header has unknown mode " + std::to_string(h.mode));
   }
   if (h.cluster_id != cluster_id) {

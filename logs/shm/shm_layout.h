@@ -11,8 +11,16 @@
 //                       header is immutable once create() has stored the magic (last, release).
 //   control_offset      ControlBlock: tail, ctail, head (cached lower bound), membership (GC lock
 //                       word + active-replica mask), payload counters; each on its own 128-byte
-//                       line. Then max_replicas IndexLines (one ltail per replica), then
-//                       max_replicas ReplicaLines (registration/liveness, reserved for fencing).
+//                       line (coherent mode). Then max_replicas LtailLines (one ltail per replica,
+//                       plus its ctail proposal in noncoherent mode), then max_replicas
+//                       ReplicaLines (registration/liveness, reserved for fencing).
+//   sequencer_offset    noncoherent mode (present in both): the SequencerLine (tail, membership),
+//                       max_replicas RequestLines + ResponseLines (the replicas' tail mailboxes),
+//                       kMaxClients ClientRequestLines + ClientResponseLines (join, leave and
+//                       payload-slot mailboxes of each ShmLog object), then max_replicas arrays
+//                       of payload_slots release marks (one 8-byte generation per payload slot),
+//                       each array rounded up to kInterferenceSize. Every one of these lines has
+//                       exactly one writer (named at each struct).
 //   slots_offset        slot_count slots of slot_stride bytes: SlotHeader (per-lap alive marker,
 //                       writer, length) + entry bytes, rounded up to a cache line (as the ring).
 //   payload_meta_offset payload_slots PayloadMetas (state word, pending-release mask, length).
@@ -45,7 +53,7 @@ namespace nrx::logs::shm {
 // "NRXSHLOG" read as a little-endian uint64_t.
 inline constexpr uint64_t kMagic = 0x474F4C485358524EULL;
 // Bumped whenever any struct or rule in this file changes meaning.
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;  // 2: noncoherent-mode sections
 // Entries are at most this long (as the ring).
 inline constexpr uint32_t kMaxEntrySize = 4096;
 // Largest slot_count: 2^31 (slot indices and strides stay within 64-bit offsets by far).
@@ -60,8 +68,12 @@ inline constexpr uint32_t kLogsPerRegion = 1;
 // How processes sharing the region see each other's writes (DESIGN 3.4).
 enum class ShmMode : uint32_t {
   kCoherent = 1,     // loads, stores and locked read-modify-writes are coherent across sharers
-  kNoncoherent = 2,  // CXL 2.0 style: single-writer lines, flush/invalidate, a sequencer (later)
+  kNoncoherent = 2,  // CXL 2.0 style: single-writer lines, flush/invalidate, a sequencer
 };
+
+// Client mailboxes in every region: each ShmLog object sharing a noncoherent log owns one client
+// slot (the creator 0, attachers 1..kMaxClients-1, assigned by whoever starts them).
+inline constexpr uint32_t kMaxClients = 64;
 
 // The region's first 128 bytes. Written once by create(); |magic| is stored last (release), so
 // an attacher that reads the magic (acquire) reads a complete header.
@@ -148,6 +160,92 @@ static_assert(offsetof(ControlBlock, head) == 2 * kInterferenceSize);
 static_assert(offsetof(ControlBlock, membership) == 3 * kInterferenceSize);
 static_assert(offsetof(ControlBlock, payloads) == 4 * kInterferenceSize);
 
+// One replica's index line. |value| is its ltail (both modes). Noncoherent mode adds, written
+// only by the replica's owner: |started|, the highest index it has started applying up to (its
+// ctail proposal: ctail = max over replicas), and |incarnation|, the join it belongs to (the
+// sequencer trusts |value| only once it equals the incarnation it granted).
+struct alignas(kInterferenceSize) LtailLine {
+  uint64_t value;
+  uint64_t started;
+  uint64_t incarnation;
+  uint64_t reserved[13];
+};
+static_assert(std::is_trivially_copyable_v<LtailLine>);
+static_assert(sizeof(LtailLine) == kInterferenceSize);
+static_assert(offsetof(LtailLine, started) == 8);
+static_assert(offsetof(LtailLine, incarnation) == 16);
+
+// ---- Noncoherent mode: single-writer lines only --------------------------------------------------
+
+// Written only by the sequencer (the creating ShmLog object's sequencer): the next index to
+// grant, the registered replicas, every id ever registered (whose |started| counts for ctail),
+// a heartbeat (bumped while it runs) and its pid (for error messages).
+struct alignas(kInterferenceSize) SequencerLine {
+  uint64_t tail;
+  uint64_t active;
+  uint64_t ever;
+  uint64_t heartbeat;
+  uint64_t pid;
+  uint64_t reserved[11];
+};
+static_assert(std::is_trivially_copyable_v<SequencerLine>);
+static_assert(sizeof(SequencerLine) == kInterferenceSize);
+static_assert(offsetof(SequencerLine, active) == 8);
+
+// A replica's tail reservation request, written only by the replica's owner: |count| indices,
+// numbered |seq| (one per append; |seq| is stored last). |cancel_seq| == |seq| withdraws it (the
+// appender gave up); the sequencer answers a withdrawn request with kResponseCancelled.
+struct alignas(kInterferenceSize) RequestLine {
+  uint64_t seq;
+  uint64_t count;
+  uint64_t cancel_seq;
+  uint64_t reserved[13];
+};
+static_assert(std::is_trivially_copyable_v<RequestLine>);
+static_assert(sizeof(RequestLine) == kInterferenceSize);
+
+// The sequencer's answer to a RequestLine, written only by the sequencer: |status| and |first|
+// (the first granted index), published by the store of |seq| (the request it answers).
+inline constexpr uint64_t kResponseGranted = 1;
+inline constexpr uint64_t kResponseCancelled = 2;
+inline constexpr uint64_t kResponseRejected = 3;  // a request no correct appender writes
+struct alignas(kInterferenceSize) ResponseLine {
+  uint64_t seq;
+  uint64_t status;
+  uint64_t first;
+  uint64_t reserved[13];
+};
+static_assert(std::is_trivially_copyable_v<ResponseLine>);
+static_assert(sizeof(ResponseLine) == kInterferenceSize);
+
+// A ShmLog object's control request, written only by that client: |kind| with argument |arg|,
+// numbered |seq| (stored last).
+inline constexpr uint64_t kClientJoin = 1;     // a new replica id; answer: id, start, incarnation
+inline constexpr uint64_t kClientLeave = 2;    // |arg| leaves; answer: ok
+inline constexpr uint64_t kClientPayload = 3;  // a free payload slot; answer: slot, generation
+struct alignas(kInterferenceSize) ClientRequestLine {
+  uint64_t seq;
+  uint64_t kind;
+  uint64_t arg;
+  uint64_t reserved[13];
+};
+static_assert(std::is_trivially_copyable_v<ClientRequestLine>);
+static_assert(sizeof(ClientRequestLine) == kInterferenceSize);
+
+// The sequencer's answer to a ClientRequestLine, written only by the sequencer.
+inline constexpr uint64_t kClientOk = 1;
+inline constexpr uint64_t kClientExhausted = 2;  // no free replica id / payload slot
+inline constexpr uint64_t kClientRejected = 3;   // a malformed request (e.g. leaving a foreign id)
+struct alignas(kInterferenceSize) ClientResponseLine {
+  uint64_t seq;
+  uint64_t status;
+  uint64_t value[3];
+  uint64_t reserved[11];
+};
+static_assert(std::is_trivially_copyable_v<ClientResponseLine>);
+static_assert(sizeof(ClientResponseLine) == kInterferenceSize);
+static_assert(offsetof(ClientResponseLine, value) == 16);
+
 // Registration and liveness of one replica id. Informational today (the |active| mask is the
 // truth); the fencing work (DESIGN 5) uses |state|, |owner_pid| and |heartbeat|.
 enum class ReplicaState : uint64_t { kFree = 0, kActive = 1, kFenced = 2 };
@@ -175,7 +273,10 @@ static_assert(sizeof(SlotHeader) == 16);
 static_assert(offsetof(SlotHeader, writer) == 8);
 static_assert(offsetof(SlotHeader, length) == 12);
 
-// One payload slot's metadata. |state| packs the phase and the generation:
+// One payload slot's metadata. Coherent mode: claimed with a CAS on |state|, |pending| cleared bit
+// by bit. Noncoherent mode: written only by the client the sequencer granted the slot to (for
+// one generation); |pending| is then the immutable holder mask, and holder r has released
+// generation g when its release mark for the slot (written only by r's owner) equals g. |state| packs the phase and the generation:
 inline constexpr uint64_t kPayloadPhaseMask = 0xff;     // bits 0..7: phase
 inline constexpr uint64_t kPayloadFree = 0;             //   no payload; may be claimed
 inline constexpr uint64_t kPayloadFilling = 1;          //   claimed by a put, bytes being copied
@@ -206,8 +307,15 @@ struct Geometry {
   uint32_t payload_slots = 0;
   uint64_t payload_slot_bytes = 0;
   uint64_t control_offset = 0;
-  uint64_t ltails_offset = 0;    // max_replicas IndexLines
+  uint64_t ltails_offset = 0;    // max_replicas LtailLines
   uint64_t replicas_offset = 0;  // max_replicas ReplicaLines
+  uint64_t sequencer_offset = 0;        // SequencerLine
+  uint64_t requests_offset = 0;         // max_replicas RequestLines
+  uint64_t responses_offset = 0;        // max_replicas ResponseLines
+  uint64_t client_requests_offset = 0;  // kMaxClients ClientRequestLines
+  uint64_t client_responses_offset = 0; // kMaxClients ClientResponseLines
+  uint64_t releases_offset = 0;         // max_replicas arrays of release marks
+  uint64_t release_stride = 0;          // bytes per replica's array (multiple of kInterferenceSize)
   uint64_t slots_offset = 0;
   uint64_t payload_meta_offset = 0;
   uint64_t payload_data_offset = 0;
@@ -232,8 +340,7 @@ ShmHeader make_header(const Geometry& g, ShmMode mode, uint64_t cluster_id, uint
 // cluster id and epoch (|expected_epoch| 0 accepts any). Returns the geometry.
 // Errors: kInvalidArgument (not a log: wrong magic; another layout version; a region smaller
 // than the layout; another cluster or epoch), kDataLoss (checksum mismatch; a field out of range
-// or inconsistent with the others: a corrupt header), kUnavailable (noncoherent mode, not yet
-// implemented).
+// or inconsistent with the others, an unknown mode: a corrupt header).
 Result<Geometry> check_header(const ShmHeader& header, uint64_t region_size, uint64_t cluster_id,
                               uint64_t expected_epoch);
 

@@ -1171,7 +1171,6 @@ TEST_P(LogConformance, ConcurrentStress) {
     uint32_t first_seq;
   };
   std::array<std::vector<Append>, kThreads> appends;
-  const auto start = Clock::now();
   {
     ThreadGroup group;
     for (int t = 0; t < kThreads; ++t) {
@@ -1220,12 +1219,12 @@ TEST_P(LogConformance, ConcurrentStress) {
     }
     group.join();
   }
-  const auto elapsed = Clock::now() - start;
   {
     MutexLock lock(shared->error_mu);
     ASSERT_EQ(shared->error, "");
   }
-  EXPECT_LT(elapsed, std::chrono::seconds(5));
+  // No timing check: an append that waited out full_timeout failed and set |error| above; how
+  // long the run took says more about the machine's load than about the log.
 
   uint64_t total = 0;
   for (const auto& per_thread : appends) {

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -30,12 +31,59 @@
 #include "tests/logs/shm_test_region.h"
 
 namespace nrx::logs {
+namespace shm_test {
+
+// Counts the read-modify-writes ShmLog performs on region addresses: compare_exchange, fetch_*,
+// and seq_cst stores (an xchg on x86: a locked read-modify-write too). |stores| counts every
+// store, to show a run really went through the policy. One counter set per |kTag|, so the
+// noncoherent proof is not mixed with the coherent counts.
+template <int kTag>
+struct Counting : CoherentAccess {
+  static inline std::atomic<uint64_t> rmws{0};
+  static inline std::atomic<uint64_t> stores{0};
+  static void count() { rmws.fetch_add(1, std::memory_order_relaxed); }
+  static void store(uint64_t& w, uint64_t v, std::memory_order o) {
+    stores.fetch_add(1, std::memory_order_relaxed);
+    if (o == std::memory_order_seq_cst) count();
+    CoherentAccess::store(w, v, o);
+  }
+  static bool compare_exchange(uint64_t& w, uint64_t& e, uint64_t d, std::memory_order s, std::memory_order f) {
+    count();
+    return CoherentAccess::compare_exchange(w, e, d, s, f);
+  }
+  static uint64_t fetch_add(uint64_t& w, uint64_t v, std::memory_order o) {
+    count();
+    return CoherentAccess::fetch_add(w, v, o);
+  }
+  static uint64_t fetch_sub(uint64_t& w, uint64_t v, std::memory_order o) {
+    count();
+    return CoherentAccess::fetch_sub(w, v, o);
+  }
+  static uint64_t fetch_or(uint64_t& w, uint64_t v, std::memory_order o) {
+    count();
+    return CoherentAccess::fetch_or(w, v, o);
+  }
+  static uint64_t fetch_and(uint64_t& w, uint64_t v, std::memory_order o) {
+    count();
+    return CoherentAccess::fetch_and(w, v, o);
+  }
+};
+using CountingAccess = Counting<0>;             // coherent mode: counts per operation
+using CountingNoncoherentAccess = Counting<1>;  // noncoherent mode only: must stay at zero
+
+}  // namespace shm_test
+
+// Named (not anonymous) policies, so these explicit instantiations have external linkage.
+template class BasicShmLog<shm_test::CountingAccess>;
+template class BasicShmLog<shm_test::CountingNoncoherentAccess>;
+
 namespace {
 
 using testing::as_log;
 using testing::LogBackend;
 using testing::LogConformance;
 using testing::MappedRegion;
+using NoncoherentCountingLog = BasicShmLog<shm_test::CountingNoncoherentAccess>;
 
 constexpr uint64_t kCluster = 0x5eed;
 // The conformance suite's payloads are up to 4 KiB; 8 KiB slots keep the regions small.
@@ -77,15 +125,76 @@ LogBackend shm_backend(std::string name, MappedRegion::Kind kind, bool attached)
           }};
 }
 
+// Noncoherent mode through the counting policy (every read-modify-write counted; the
+// environment below requires zero). With |attached|, the suite talks to client 1, and the creator
+// (client 0, which runs the sequencer) lives as long as that object (its keep_alive).
+LogBackend noncoherent_backend(std::string name, MappedRegion::Kind kind, bool attached) {
+  return {std::move(name), [kind, attached](const LogOptions& options) -> Result<std::unique_ptr<Log>> {
+            ShmOptions shm = shm_options_for(options);
+            shm.mode = ShmMode::kNoncoherent;
+            const uint64_t bytes = NoncoherentCountingLog::region_bytes(options, shm);
+            if (bytes == 0) return Status::invalid_argument("options the shm log rejects");
+            NRX_ASSIGN_OR_RETURN(std::shared_ptr<MappedRegion> region,
+                                 MappedRegion::create(kind, bytes, /*unlink_now=*/true));
+            shm.keep_alive = region;
+            Result<std::unique_ptr<NoncoherentCountingLog>> created =
+                NoncoherentCountingLog::create(region->bytes(), options, shm);
+            if (!attached || !created.ok()) return as_log(std::move(created));
+            struct Owner {
+              std::shared_ptr<MappedRegion> region;
+              std::unique_ptr<NoncoherentCountingLog> creator;  // destroyed first: stops the sequencer
+            };
+            const uint64_t epoch = (*created)->epoch();
+            auto owner = std::make_shared<Owner>(Owner{region, std::move(created).value()});
+            ShmAttachOptions a;
+            a.cluster_id = kCluster;
+            a.expected_epoch = epoch;
+            a.mode = ShmMode::kNoncoherent;
+            a.client = 1;
+            a.full_timeout = options.full_timeout;
+            a.on_lagging = options.on_lagging;
+            a.keep_alive = owner;
+            return as_log(NoncoherentCountingLog::attach(region->bytes(), a));
+          }};
+}
+
 // Configurations of the shm backend the suite runs against:
-//   shm_memfd           coherent mode, region in a memfd (MAP_SHARED)
-//   shm_devshm          coherent mode, region in a /dev/shm file (MAP_SHARED)
-//   shm_devshm_attached as shm_devshm, but used through a ShmLog that attach()ed to it
-INSTANTIATE_TEST_SUITE_P(Shm, LogConformance,
-                         ::testing::Values(shm_backend("shm_memfd", MappedRegion::Kind::kMemfd, false),
-                                           shm_backend("shm_devshm", MappedRegion::Kind::kDevShm, false),
-                                           shm_backend("shm_devshm_attached", MappedRegion::Kind::kDevShm, true)),
-                         testing::LogBackendName());
+//   shm_memfd              coherent mode, region in a memfd (MAP_SHARED)
+//   shm_devshm             coherent mode, region in a /dev/shm file (MAP_SHARED)
+//   shm_devshm_attached    as shm_devshm, but used through a ShmLog that attach()ed to it
+//   shm_nc_memfd           noncoherent mode (sequencer, single-writer lines), memfd, counting RMWs
+//   shm_nc_devshm          noncoherent mode, /dev/shm file, counting RMWs
+//   shm_nc_devshm_attached noncoherent mode through an attached client (1), counting RMWs
+INSTANTIATE_TEST_SUITE_P(
+    Shm, LogConformance,
+    ::testing::Values(shm_backend("shm_memfd", MappedRegion::Kind::kMemfd, false),
+                      shm_backend("shm_devshm", MappedRegion::Kind::kDevShm, false),
+                      shm_backend("shm_devshm_attached", MappedRegion::Kind::kDevShm, true),
+                      noncoherent_backend("shm_nc_memfd", MappedRegion::Kind::kMemfd, false),
+                      noncoherent_backend("shm_nc_devshm", MappedRegion::Kind::kDevShm, false),
+                      noncoherent_backend("shm_nc_devshm_attached", MappedRegion::Kind::kDevShm, true)),
+    testing::LogBackendName());
+
+// The proof (DESIGN 3.4): after the whole binary ran (the noncoherent conformance cases, and the
+// noncoherent tests below), the noncoherent instantiation made not one read-modify-write on the
+// region, and it did run (it stored). A failure here fails the binary.
+class NoReadModifyWriteEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    using shm_test::CountingNoncoherentAccess;
+    const uint64_t rmws = CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed);
+    const uint64_t stores = CountingNoncoherentAccess::stores.load(std::memory_order_relaxed);
+    std::printf("[ shm noncoherent ] %llu stores, %llu read-modify-writes on the region\n",
+                static_cast<unsigned long long>(stores), static_cast<unsigned long long>(rmws));
+    EXPECT_EQ(rmws, 0u) << "the noncoherent mode made read-modify-writes on the region";
+    const bool filtered = ::testing::GTEST_FLAG(filter) != "*";
+    if (!filtered) {
+      EXPECT_GT(stores, 0u) << "the noncoherent instantiation never ran";
+    }
+  }
+};
+const ::testing::Environment* const kNoRmwEnvironment =
+    ::testing::AddGlobalTestEnvironment(new NoReadModifyWriteEnvironment);
 
 // ---- Helpers ----------------------------------------------------------------------------------
 
@@ -107,13 +216,23 @@ ShmOptions small_shm() {
   return s;
 }
 
-ShmAttachOptions attach_options(uint64_t epoch = 0) {
+ShmAttachOptions attach_options(uint64_t epoch = 0, ShmMode mode = ShmMode::kCoherent, uint32_t client = 0) {
   ShmAttachOptions a;
   a.cluster_id = kCluster;
   a.expected_epoch = epoch;
   a.full_timeout = std::chrono::seconds(2);
+  a.mode = mode;
+  a.client = client;
   return a;
 }
+
+ShmOptions small_shm(ShmMode mode) {
+  ShmOptions s = small_shm();
+  s.mode = mode;
+  return s;
+}
+
+const char* mode_name(ShmMode mode) { return mode == ShmMode::kNoncoherent ? "noncoherent" : "coherent"; }
 
 // A region with a fresh log in it.
 struct Fixture {
@@ -157,10 +276,14 @@ void write_header(const MappedRegion& region, const shm::ShmHeader& h) {
 
 // ---- Two ShmLog objects over one region ("two processes in one") -------------------------------
 
-TEST(ShmLogTest, TwoObjectsShareOneLog) {
-  Fixture f = make_log(small(16));
+class ShmModeTest : public ::testing::TestWithParam<ShmMode> {};
+INSTANTIATE_TEST_SUITE_P(Modes, ShmModeTest, ::testing::Values(ShmMode::kCoherent, ShmMode::kNoncoherent),
+                         [](const ::testing::TestParamInfo<ShmMode>& p) { return std::string(mode_name(p.param)); });
+
+TEST_P(ShmModeTest, TwoObjectsShareOneLog) {
+  Fixture f = make_log(small(16), small_shm(GetParam()));
   ASSERT_NE(f.log, nullptr);
-  Result<std::unique_ptr<ShmLog>> peer = ShmLog::attach(f.region->bytes(), attach_options(42));
+  Result<std::unique_ptr<ShmLog>> peer = ShmLog::attach(f.region->bytes(), attach_options(42, GetParam(), 1));
   ASSERT_TRUE(peer.ok()) << peer.status().to_string();
   ShmLog& a = *f.log;
   ShmLog& b = **peer;
@@ -232,10 +355,10 @@ TEST(ShmLogTest, TwoObjectsShareOneLog) {
 
 // Two objects, a thread each, append and apply concurrently over a small log that fills often;
 // both must see the same sequence.
-TEST(ShmLogTest, TwoObjectsConcurrently) {
-  Fixture f = make_log(small(16));
+TEST_P(ShmModeTest, TwoObjectsConcurrently) {
+  Fixture f = make_log(small(16), small_shm(GetParam()));
   ASSERT_NE(f.log, nullptr);
-  ShmAttachOptions opts = attach_options();
+  ShmAttachOptions opts = attach_options(0, GetParam(), 1);
   Result<std::unique_ptr<ShmLog>> peer = ShmLog::attach(f.region->bytes(), opts);
   ASSERT_TRUE(peer.ok()) << peer.status().to_string();
   ShmLog* logs[2] = {f.log.get(), peer->get()};
@@ -347,7 +470,6 @@ TEST(ShmLogTest, CreateRejectsBadOptions) {
       {"payload_slots 0", [](LogOptions& o, ShmOptions&) { o.payload_slots = 0; }, StatusCode::kInvalidArgument},
       {"arena under a line per slot", [](LogOptions&, ShmOptions& s) { s.payload_bytes = 4 * 63; },
        StatusCode::kInvalidArgument},
-      {"noncoherent", [](LogOptions&, ShmOptions& s) { s.mode = ShmMode::kNoncoherent; }, StatusCode::kUnavailable},
       {"mode 0", [](LogOptions&, ShmOptions& s) { s.mode = static_cast<ShmMode>(0); }, StatusCode::kInvalidArgument},
   };
   Result<std::shared_ptr<MappedRegion>> region = MappedRegion::create(MappedRegion::Kind::kMemfd, 1 << 20);
@@ -417,7 +539,7 @@ TEST(ShmLogTest, AttachRejectsForgedHeaders) {
   const std::vector<Case> cases = {
       {"magic 0", [](shm::ShmHeader& h) { h.magic = 0; }, StatusCode::kInvalidArgument, "no shm log"},
       {"wrong magic", [](shm::ShmHeader& h) { h.magic = 0x1234; }, StatusCode::kInvalidArgument, "magic"},
-      {"version 2", [](shm::ShmHeader& h) { h.layout_version = 2; }, StatusCode::kInvalidArgument, "version"},
+      {"next version", [](shm::ShmHeader& h) { h.layout_version = shm::kLayoutVersion + 1; }, StatusCode::kInvalidArgument, "version"},
       {"header_bytes 64", [](shm::ShmHeader& h) { h.header_bytes = 64; }, StatusCode::kDataLoss, "bytes"},
       {"log_count 2", [](shm::ShmHeader& h) { h.log_count = 2; }, StatusCode::kDataLoss, "log_count"},
       {"entry_size 0", [](shm::ShmHeader& h) { h.entry_size = 0; }, StatusCode::kDataLoss, "entry_size"},
@@ -440,8 +562,9 @@ TEST(ShmLogTest, AttachRejectsForgedHeaders) {
       {"region_bytes", [](shm::ShmHeader& h) { h.region_bytes += 128; }, StatusCode::kDataLoss, "region_bytes"},
       {"mode 0", [](shm::ShmHeader& h) { h.mode = 0; }, StatusCode::kDataLoss, "mode"},
       {"mode 99", [](shm::ShmHeader& h) { h.mode = 99; }, StatusCode::kDataLoss, "mode"},
-      {"noncoherent", [](shm::ShmHeader& h) { h.mode = static_cast<uint32_t>(ShmMode::kNoncoherent); },
-       StatusCode::kUnavailable, "noncoherent"},
+      {"noncoherent, attached as coherent",
+       [](shm::ShmHeader& h) { h.mode = static_cast<uint32_t>(ShmMode::kNoncoherent); }, StatusCode::kInvalidArgument,
+       "noncoherent"},
       {"another cluster", [](shm::ShmHeader& h) { h.cluster_id = kCluster + 1; }, StatusCode::kInvalidArgument,
        "cluster"},
       // A consistent geometry that needs more than the region has: a truncated mapping.
@@ -633,44 +756,6 @@ TEST(ShmLogTest, RegistrationIsRecordedInTheRegion) {
 
 // ---- The Access seam --------------------------------------------------------------------------
 
-}  // namespace
-
-// Named (not anonymous) so the explicit instantiation below has external linkage.
-namespace shm_test {
-
-// Counts the read-modify-writes ShmLog performs on region addresses (what the noncoherent mode
-// must get rid of, or route through the sequencer).
-struct CountingAccess : CoherentAccess {
-  static inline std::atomic<uint64_t> rmws{0};
-  static void count() { rmws.fetch_add(1, std::memory_order_relaxed); }
-  static bool compare_exchange(uint64_t& w, uint64_t& e, uint64_t d, std::memory_order s, std::memory_order f) {
-    count();
-    return CoherentAccess::compare_exchange(w, e, d, s, f);
-  }
-  static uint64_t fetch_add(uint64_t& w, uint64_t v, std::memory_order o) {
-    count();
-    return CoherentAccess::fetch_add(w, v, o);
-  }
-  static uint64_t fetch_sub(uint64_t& w, uint64_t v, std::memory_order o) {
-    count();
-    return CoherentAccess::fetch_sub(w, v, o);
-  }
-  static uint64_t fetch_or(uint64_t& w, uint64_t v, std::memory_order o) {
-    count();
-    return CoherentAccess::fetch_or(w, v, o);
-  }
-  static uint64_t fetch_and(uint64_t& w, uint64_t v, std::memory_order o) {
-    count();
-    return CoherentAccess::fetch_and(w, v, o);
-  }
-};
-
-}  // namespace shm_test
-
-template class BasicShmLog<shm_test::CountingAccess>;
-
-namespace {
-
 TEST(ShmLogTest, ReadModifyWritesPerOperation) {
   using shm_test::CountingAccess;
   using CountingLog = BasicShmLog<CountingAccess>;
@@ -706,6 +791,166 @@ TEST(ShmLogTest, ReadModifyWritesPerOperation) {
   PayloadRef ref{};
   EXPECT_EQ(rmws_of([&] { ref = log->payload_put(e).value(); }), 3u);
   EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->payload_release(r, ref).ok()); }), 2u);
+}
+
+// ---- Noncoherent mode ---------------------------------------------------------------------------
+
+// attach() checks the mode against the header and the client slot; both are clear errors.
+TEST(ShmLogTest, NoncoherentAttachChecksModeAndClient) {
+  Fixture nc = make_log(small(), small_shm(ShmMode::kNoncoherent));
+  ASSERT_NE(nc.log, nullptr);
+  EXPECT_EQ(nc.log->mode(), ShmMode::kNoncoherent);
+  EXPECT_TRUE(nc.log->sequencer_running());
+  const std::span<std::byte> bytes = nc.region->bytes();
+  Result<std::unique_ptr<ShmLog>> as_coherent = ShmLog::attach(bytes, attach_options(0, ShmMode::kCoherent, 1));
+  EXPECT_EQ(as_coherent.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(as_coherent.status().message().find("noncoherent"), std::string::npos) << as_coherent.status().to_string();
+  for (uint32_t bad : {0u, shm::kMaxClients}) {
+    Result<std::unique_ptr<ShmLog>> r = ShmLog::attach(bytes, attach_options(0, ShmMode::kNoncoherent, bad));
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << "client " << bad;
+    EXPECT_NE(r.status().message().find("client"), std::string::npos) << r.status().to_string();
+  }
+  Result<std::unique_ptr<ShmLog>> ok = ShmLog::attach(bytes, attach_options(0, ShmMode::kNoncoherent, 5));
+  ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+  EXPECT_EQ((*ok)->client(), 5u);
+  EXPECT_FALSE((*ok)->sequencer_running());
+
+  Fixture co = make_log();
+  ASSERT_NE(co.log, nullptr);
+  Result<std::unique_ptr<ShmLog>> as_nc = ShmLog::attach(co.region->bytes(), attach_options(0, ShmMode::kNoncoherent, 1));
+  EXPECT_EQ(as_nc.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(as_nc.status().message().find("coherent"), std::string::npos) << as_nc.status().to_string();
+}
+
+// A dead sequencer never hangs anyone: appends, registrations and payload puts fail with
+// kDeadlineExceeded within 2 x full_timeout, and nothing was appended.
+TEST(ShmLogTest, NoncoherentDeadSequencerFailsBounded) {
+  LogOptions o = small(8);
+  o.full_timeout = std::chrono::milliseconds(200);
+  Fixture f = make_log(o, small_shm(ShmMode::kNoncoherent));
+  ASSERT_NE(f.log, nullptr);
+  ShmAttachOptions a = attach_options(0, ShmMode::kNoncoherent, 2);
+  a.full_timeout = std::chrono::milliseconds(200);
+  Result<std::unique_ptr<ShmLog>> peer = ShmLog::attach(f.region->bytes(), a);
+  ASSERT_TRUE(peer.ok()) << peer.status().to_string();
+  const ReplicaId r = (*peer)->register_replica().value();
+  ASSERT_EQ(append_one(**peer, r, bytes_of(1, 8)).value_or(~0ull), 0u);
+  f.log->stop_sequencer();
+  EXPECT_FALSE(f.log->sequencer_running());
+  auto timed = [](auto&& op) {
+    const auto start = std::chrono::steady_clock::now();
+    const StatusCode code = op();
+    return std::pair(code, std::chrono::steady_clock::now() - start);
+  };
+  const auto [append_code, append_time] = timed([&] { return append_one(**peer, r, bytes_of(2, 8)).status().code(); });
+  EXPECT_EQ(append_code, StatusCode::kDeadlineExceeded);
+  EXPECT_GE(append_time, std::chrono::milliseconds(200));
+  EXPECT_LT(append_time, std::chrono::seconds(3));
+  const auto [join_code, join_time] = timed([&] { return (*peer)->register_replica().status().code(); });
+  EXPECT_EQ(join_code, StatusCode::kDeadlineExceeded);
+  EXPECT_LT(join_time, std::chrono::seconds(3));
+  const auto data = bytes_of(3, 100);
+  EXPECT_EQ((*peer)->payload_put(data).status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ((*peer)->tail(), 1u) << "nothing was appended";
+  // Reads still work: they need no sequencer.
+  std::vector<LogIndex> seen;
+  EXPECT_EQ((*peer)->exec(r, [&](const Entry& e) { seen.push_back(e.index); }).value_or(0), 1u);
+  EXPECT_EQ(seen, (std::vector<LogIndex>{0}));
+}
+
+// Every kind of operation, through two objects (creator and client 3), in noncoherent mode:
+// joins, appends that fill the log (apply_own, the hook, a timeout and its withdrawal), exec,
+// reads, payloads (put, get, release, reuse), leaves. Each step: zero read-modify-writes.
+TEST(ShmLogTest, NoncoherentOperationsMakeNoReadModifyWrite) {
+  using shm_test::CountingNoncoherentAccess;
+  LogOptions o = small(8);
+  o.full_timeout = std::chrono::milliseconds(300);
+  std::atomic<int> hooks{0};
+  ShmOptions s = small_shm(ShmMode::kNoncoherent);
+  Result<std::shared_ptr<MappedRegion>> region =
+      MappedRegion::create(MappedRegion::Kind::kMemfd, NoncoherentCountingLog::region_bytes(o, s));
+  ASSERT_TRUE(region.ok());
+  std::unique_ptr<NoncoherentCountingLog> log = NoncoherentCountingLog::create((*region)->bytes(), o, s).value();
+  ShmAttachOptions a = attach_options(0, ShmMode::kNoncoherent, 3);
+  a.full_timeout = std::chrono::milliseconds(300);
+  a.on_lagging = [&hooks](uint32_t, ReplicaId) { hooks.fetch_add(1, std::memory_order_relaxed); };
+  std::unique_ptr<NoncoherentCountingLog> peer = NoncoherentCountingLog::attach((*region)->bytes(), a).value();
+  auto rmws_of = [](auto&& f) {
+    const uint64_t before = CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed);
+    f();
+    return CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed) - before;
+  };
+  ReplicaId ra = 0, rb = 0;
+  EXPECT_EQ(rmws_of([&] { ra = log->register_replica().value(); }), 0u) << "join";
+  EXPECT_EQ(rmws_of([&] { rb = peer->register_replica().value(); }), 0u) << "join";
+  EXPECT_NE(ra, rb);
+  EXPECT_EQ(log->active_replicas(), peer->active_replicas());
+  const auto e = bytes_of(1, 16);
+  const std::span<const std::byte> batch[] = {e, e, e};
+  uint64_t applied_own = 0;
+  auto count_own = [&](const Entry&) { ++applied_own; };
+  EXPECT_EQ(rmws_of([&] { ASSERT_EQ(peer->append(rb, batch, count_own).value_or(~0ull), 0u); }), 0u) << "append";
+  EXPECT_EQ(rmws_of([&] { ASSERT_EQ(log->append(ra, batch, count_own).value_or(~0ull), 3u); }), 0u) << "append";
+  EXPECT_EQ(rmws_of([&] { ASSERT_EQ(log->exec(ra, [](const Entry&) {}).value_or(0), 6u); }), 0u) << "exec";
+  EXPECT_EQ(rmws_of([&] {
+              EXPECT_EQ(peer->ctail(), 6u);
+              EXPECT_EQ(peer->tail(), 6u);
+              EXPECT_EQ(peer->head(), 0u);
+              EXPECT_FALSE(peer->is_synced_for_reads(rb, 6));
+              EXPECT_TRUE(log->is_synced_for_reads(ra, 6));
+            }),
+            0u)
+      << "reads";
+  // rb lags at 0 with 6 of 8 slots used: ra's batch of 3 waits (hook on rb), times out, and its
+  // withdrawn request is never granted.
+  EXPECT_EQ(rmws_of([&] {
+              EXPECT_EQ(log->append(ra, batch, count_own).status().code(), StatusCode::kDeadlineExceeded);
+            }),
+            0u)
+      << "full";
+  EXPECT_EQ(log->tail(), 6u);
+  // rb's own append applies rb's entries (apply_own) when it finds the log full, then fits.
+  EXPECT_EQ(rmws_of([&] { ASSERT_EQ(peer->append(rb, batch, count_own).value_or(~0ull), 6u); }), 0u)
+      << "append through apply_own";
+  EXPECT_EQ(applied_own, 6u);
+  EXPECT_EQ(peer->ltail(rb).value_or(0), 6u);
+  // Payloads: put (a slot granted by the sequencer), get, release by both, reuse of the slot.
+  const auto data = bytes_of(5, 1000);
+  PayloadRef ref{};
+  EXPECT_EQ(rmws_of([&] { ref = peer->payload_put(data).value(); }), 0u) << "payload_put";
+  EXPECT_EQ(rmws_of([&] {
+              const Result<std::span<const std::byte>> got = log->payload_get(ref);
+              ASSERT_TRUE(got.ok()) << got.status().to_string();
+              EXPECT_TRUE(std::equal(got->begin(), got->end(), data.begin(), data.end()));
+              EXPECT_EQ(log->payloads_live(), 1u);
+            }),
+            0u)
+      << "payload_get";
+  EXPECT_EQ(rmws_of([&] { EXPECT_TRUE(log->payload_release(ra, ref).ok()); }), 0u) << "payload_release";
+  EXPECT_EQ(log->payload_release(ra, ref).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(peer->payload_get(ref).ok()) << "rb still holds it";
+  EXPECT_EQ(rmws_of([&] { EXPECT_TRUE(peer->payload_release(rb, ref).ok()); }), 0u) << "payload_release";
+  EXPECT_EQ(log->payloads_live(), 0u);
+  EXPECT_EQ(log->payload_get(ref).status().code(), StatusCode::kNotFound);
+  std::vector<PayloadRef> refs;
+  EXPECT_EQ(rmws_of([&] {
+              for (uint32_t i = 0; i < o.payload_slots; ++i) refs.push_back(log->payload_put(data).value());
+              EXPECT_EQ(log->payload_put(data).status().code(), StatusCode::kResourceExhausted);
+            }),
+            0u)
+      << "payload slots reused";
+  // Leaving drops the replica's payload holds and its place in the GC minimum.
+  EXPECT_EQ(rmws_of([&] { EXPECT_TRUE(peer->deregister_replica(rb).ok()); }), 0u) << "leave";
+  EXPECT_EQ(log->active_replicas(), uint64_t{1} << ra);
+  for (const PayloadRef& r : refs) EXPECT_TRUE(log->payload_release(ra, r).ok());
+  EXPECT_EQ(log->payloads_live(), 0u);
+  EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->exec(ra, [](const Entry&) {}).ok()); }), 0u);
+  EXPECT_EQ(log->head(), 9u);
+  // The id comes back, at head.
+  EXPECT_EQ(rmws_of([&] { EXPECT_EQ(peer->register_replica().value_or(99), rb); }), 0u) << "re-join";
+  EXPECT_EQ(peer->ltail(rb).value_or(0), 9u);
+  EXPECT_GT(hooks.load(), -1);  // (the hook ran on the creator's side, which has no hook)
+  EXPECT_EQ(CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed), 0u);
 }
 
 }  // namespace

@@ -8,6 +8,10 @@
 //
 // The barrier and done counters live in a second small region (--control), not in the log's.
 //
+// --mode coherent|noncoherent: the mode the log must be in (attach checks it against the header);
+// noncoherent attaches as client --client (default: --index + 1; 0 is the creator, which runs
+// the sequencer).
+//
 // --hang: register the replica, write "registered" to --out, and sleep until killed (a worker
 // that dies holding a replica, for the test that checks nobody waits on it forever).
 //
@@ -67,6 +71,8 @@ struct Args {
   uint32_t full_timeout_ms = 5000;
   uint32_t barrier_timeout_ms = 15000;
   bool hang = false;
+  nrx::logs::ShmMode mode = nrx::logs::ShmMode::kCoherent;
+  uint32_t client = 0;  // 0: --index + 1
 };
 
 uint64_t now_ns() {
@@ -106,6 +112,16 @@ bool parse(int argc, char** argv, Args* a) {
       a->keys = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else if (arg == "--full-timeout-ms") {
       a->full_timeout_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
+    } else if (arg == "--mode") {
+      if (v == "coherent") {
+        a->mode = nrx::logs::ShmMode::kCoherent;
+      } else if (v == "noncoherent") {
+        a->mode = nrx::logs::ShmMode::kNoncoherent;
+      } else {
+        return false;
+      }
+    } else if (arg == "--client") {
+      a->client = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else if (arg == "--barrier-timeout-ms") {
       a->barrier_timeout_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else {
@@ -154,7 +170,8 @@ int main(int argc, char** argv) {
   if (!parse(argc, argv, &a)) {
     std::fprintf(stderr,
                  "usage: shm_log_worker --region PATH --out PATH [--control PATH --workers N --index I] "
-                 "[--cluster C] [--threads T] [--ops K] [--seed S] [--keys K] [--full-timeout-ms MS] [--hang]\n");
+                 "[--cluster C] [--threads T] [--ops K] [--seed S] [--keys K] [--full-timeout-ms MS] "
+                 "[--mode coherent|noncoherent] [--client N] [--hang]\n");
     return kExitUsage;
   }
   nrx::Result<std::shared_ptr<MappedRegion>> region = MappedRegion::open_file(a.region);
@@ -164,6 +181,8 @@ int main(int argc, char** argv) {
   nrx::logs::ShmAttachOptions opts;
   opts.cluster_id = a.cluster;
   opts.full_timeout = std::chrono::milliseconds(a.full_timeout_ms);
+  opts.mode = a.mode;
+  opts.client = a.client != 0 ? a.client : a.index + 1;
   // Another process's replica cannot be nudged from here (it applies the log itself); count.
   opts.on_lagging = [&nudges](uint32_t, nrx::logs::ReplicaId) { nudges.fetch_add(1, std::memory_order_relaxed); };
   nrx::Result<std::unique_ptr<ShmLog>> log = ShmLog::attach((*region)->bytes(), opts);

@@ -10,8 +10,8 @@
 // entry's first word.
 //
 // `log/append_exec_shm/<mode>/<backing>/batch:B/real_time/threads:T`: the same, over the
-// shared-memory log (logs/shm/shm_log.h) in |mode| (coherent; noncoherent once ShmLog::create
-// accepts it), its region a transport::Region mapped MAP_SHARED: an anonymous memfd at every batch
+// shared-memory log (logs/shm/shm_log.h) in |mode| (coherent, or noncoherent: every append a
+// round trip through the creator's sequencer thread, lines flushed and invalidated), its region a transport::Region mapped MAP_SHARED: an anonymous memfd at every batch
 // size, and a /dev/shm file (the same tmpfs pages under another name) at the largest batch only.
 // A backend that cannot make a working log on this machine is skipped with a note at startup.
 //
@@ -96,7 +96,7 @@ struct ShmBackend {
           : (kBacking == transport::RegionKind::kMemfd ? "log/append_exec_shm/noncoherent/memfd"
                                                        : "log/append_exec_shm/noncoherent/devshm");
 
-  // Errors: ShmLog::create's (kUnavailable for a mode it does not implement yet), and
+  // Errors: ShmLog::create's, and
   // transport::Region's (no memfd, /dev/shm full).
   static Result<std::unique_ptr<Log>> create(logs::LogOptions options) {
     logs::ShmOptions shm{.mode = kMode};
@@ -289,8 +289,7 @@ void register_all() {
   using logs::ShmMode;
   using transport::RegionKind;
   std::vector<Variant> variants;
-  // One line per backend compared with the ring (the noncoherent one is skipped until
-  // ShmLog::create accepts that mode).
+  // One line per backend compared with the ring (a backend this machine cannot run is skipped).
   add_variant<ShmBackend<ShmMode::kCoherent, RegionKind::kMemfd>>(variants, /*every_batch=*/true);
   add_variant<ShmBackend<ShmMode::kCoherent, RegionKind::kFile>>(variants, /*every_batch=*/false);
   add_variant<ShmBackend<ShmMode::kNoncoherent, RegionKind::kMemfd>>(variants, /*every_batch=*/true);

@@ -7,11 +7,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <new>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "base/spin.h"
 #include "logs/shm/shm_log.h"
@@ -28,8 +30,7 @@ inline uint64_t payload_slot_bytes_for(const LogOptions& o, const ShmOptions& sh
 }
 
 inline Result<shm::Geometry> plan(const LogOptions& o, const ShmOptions& shm) {
-  if (shm.mode == ShmMode::kNoncoherent) return Status::unavailable("noncoherent mode comes later");
-  if (shm.mode != ShmMode::kCoherent) {
+  if (shm.mode != ShmMode::kCoherent && shm.mode != ShmMode::kNoncoherent) {
     return Status::invalid_argument("unknown shm mode " + std::to_string(static_cast<uint32_t>(shm.mode)));
   }
   if (o.payload_slots != 0 && payload_slot_bytes_for(o, shm) < shm::kMinPayloadSlotBytes) {
@@ -83,13 +84,24 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::create(std::sp
   const shm::ShmHeader header = make_header(g, shm.mode, shm.cluster_id, epoch, options.log_id);
   std::memcpy(base + sizeof(uint64_t), reinterpret_cast<const std::byte*>(&header) + sizeof(uint64_t),
               sizeof(header) - sizeof(uint64_t));
-  Access::flush(base, g.payload_data_offset);
+  const bool noncoherent = shm.mode == ShmMode::kNoncoherent;
+  if (noncoherent) {
+    // relaxed: published with the header by the magic's release below.
+    Access::store(reinterpret_cast<shm::SequencerLine*>(base + g.sequencer_offset)->pid,
+                  static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
+    Access::flush(base, g.payload_data_offset);
+  }
   // release: the header and the zeroed sections are visible to whoever acquires the magic.
   Access::store(*reinterpret_cast<uint64_t*>(base), shm::kMagic, std::memory_order_release);
-  Access::flush(base, sizeof(uint64_t));
+  if (noncoherent) Access::flush(base, sizeof(uint64_t));
   options.numa_node = kNumaLocal;  // placement belongs to whoever mapped the region
-  return std::unique_ptr<BasicShmLog>(
-      new BasicShmLog(base, g, std::move(options), shm.cluster_id, epoch, std::move(shm.keep_alive)));
+  std::unique_ptr<BasicShmLog> log(
+      new BasicShmLog(base, g, std::move(options), shm.cluster_id, epoch, shm.mode, 0, std::move(shm.keep_alive)));
+  if (noncoherent) {
+    log->sequencer_ = std::make_unique<Sequencer>(g);
+    log->sequencer_thread_ = std::thread([raw = log.get()] { raw->sequencer_main(); });
+  }
+  return log;
 }
 
 template <typename Access>
@@ -110,6 +122,17 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::attach(std::sp
               sizeof(header) - sizeof(uint64_t));
   NRX_ASSIGN_OR_RETURN(const shm::Geometry g, shm::check_header(header, region.size(), options.cluster_id,
                                                                 options.expected_epoch));
+  const auto mode = static_cast<ShmMode>(header.mode);
+  if (mode != options.mode) {
+    auto name = [](ShmMode m) { return m == ShmMode::kNoncoherent ? std::string("noncoherent") : std::string("coherent"); };
+    return Status::invalid_argument("the shm log is in " + name(mode) + " mode but attach asked for " +
+                                    name(options.mode) + " (ShmAttachOptions::mode)");
+  }
+  if (mode == ShmMode::kNoncoherent && (options.client == 0 || options.client >= shm::kMaxClients)) {
+    return Status::invalid_argument("attaching to a noncoherent shm log needs a client slot in 1.." +
+                                    std::to_string(shm::kMaxClients - 1) + " (ShmAttachOptions::client), not " +
+                                    std::to_string(options.client));
+  }
   LogOptions o;
   o.log_id = header.log_id;
   o.entry_size = g.entry_size;
@@ -119,13 +142,14 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::attach(std::sp
   o.full_timeout = options.full_timeout;
   o.on_lagging = std::move(options.on_lagging);
   o.numa_node = kNumaLocal;
-  return std::unique_ptr<BasicShmLog>(
-      new BasicShmLog(base, g, std::move(o), header.cluster_id, header.epoch, std::move(options.keep_alive)));
+  const uint32_t client = mode == ShmMode::kNoncoherent ? options.client : 0;
+  return std::unique_ptr<BasicShmLog>(new BasicShmLog(base, g, std::move(o), header.cluster_id, header.epoch, mode,
+                                                      client, std::move(options.keep_alive)));
 }
 
 template <typename Access>
 BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogOptions options, uint64_t cluster_id,
-                                 uint64_t epoch, std::shared_ptr<void> keep_alive)
+                                 uint64_t epoch, ShmMode mode, uint32_t client, std::shared_ptr<void> keep_alive)
     : base_(base),
       geo_(geo),
       mask_(uint64_t{geo.slot_count} - 1),
@@ -134,7 +158,35 @@ BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogO
       cluster_id_(cluster_id),
       epoch_(epoch),
       pid_(static_cast<uint64_t>(getpid())),
-      keep_alive_(std::move(keep_alive)) {}
+      mode_(mode),
+      client_(client),
+      request_seq_(new uint64_t[geo.max_replicas]()),
+      keep_alive_(std::move(keep_alive)) {
+  if (noncoherent()) {
+    // Continue the numbering of whoever used this client slot before (a re-attach): the
+    // sequencer answers a request whose number differs from the last one it answered.
+    shm::ClientRequestLine& q = client_request_line(client_);
+    shm::ClientResponseLine& a = client_response_line(client_);
+    refresh(&q, sizeof(q));
+    refresh(&a, sizeof(a));
+    MutexLock lock(client_mu_);
+    // relaxed: nobody else writes our request line; the answer's number is only compared.
+    client_seq_ = std::max(Access::load(q.seq, std::memory_order_relaxed), Access::load(a.seq, std::memory_order_relaxed));
+  }
+}
+
+template <typename Access>
+BasicShmLog<Access>::~BasicShmLog() {
+  stop_sequencer();
+}
+
+template <typename Access>
+void BasicShmLog<Access>::stop_sequencer() {
+  if (sequencer_ == nullptr) return;
+  // release: pairs with the thread's acquire; it exits at the next check.
+  sequencer_stop_.store(true, std::memory_order_release);
+  if (sequencer_thread_.joinable()) sequencer_thread_.join();
+}
 
 template <typename Access>
 Status BasicShmLog<Access>::not_owned(ReplicaId replica) const {
@@ -176,6 +228,7 @@ void BasicShmLog<Access>::unlock_gc() {
 
 template <typename Access>
 Result<ReplicaId> BasicShmLog<Access>::register_replica() {
+  if (noncoherent()) return register_noncoherent();
   NRX_RETURN_IF_ERROR(lock_gc());
   // relaxed: |active| changes only under the GC lock, which we hold.
   const uint64_t active_mask = Access::load(control().membership.active, std::memory_order_relaxed);
@@ -205,6 +258,7 @@ Result<ReplicaId> BasicShmLog<Access>::register_replica() {
 template <typename Access>
 Status BasicShmLog<Access>::deregister_replica(ReplicaId replica) {
   if (!owned(replica)) return not_owned(replica);
+  if (noncoherent()) return deregister_noncoherent(replica);
   NRX_RETURN_IF_ERROR(lock_gc());
   const uint64_t bit = uint64_t{1} << replica;
   // release: our last reads of log slots (before our final ltail store) precede the head moving.
@@ -233,6 +287,7 @@ LogIndex BasicShmLog<Access>::min_ltail(ReplicaId* laggard) const {
   while (active_mask != 0) {
     const auto r = static_cast<ReplicaId>(std::countr_zero(active_mask));
     active_mask &= active_mask - 1;
+    refresh(&ltail_line(r).value, sizeof(uint64_t));
     // acquire: a replica's reads of its slots happen before its ltail store; whoever reuses a
     // slot after seeing this ltail must not overwrite what the replica was still reading.
     const LogIndex l = Access::load(ltail_line(r).value, std::memory_order_acquire);
@@ -274,6 +329,8 @@ LogIndex BasicShmLog<Access>::refresh_head(ReplicaId* laggard) {
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::ltail(ReplicaId replica) const {
   if (!active(replica)) return Status::not_found("replica " + std::to_string(replica) + " is not registered");
+  refresh(&ltail_line(replica).value, sizeof(uint64_t));
+  // acquire: pairs with the owner's release store after applying.
   return Access::load(ltail_line(replica).value, std::memory_order_acquire);
 }
 
@@ -296,9 +353,13 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
   }
 
   const uint64_t capacity = geo_.slot_count;
+  LogIndex first = 0;
+  if (noncoherent()) {
+    NRX_ASSIGN_OR_RETURN(first, reserve_noncoherent(replica, n, apply_own));
+  } else {
   uint64_t& tail_word = control().tail.value;
   SpinWait wait(options_.full_timeout);
-  LogIndex first = Access::load(tail_word, std::memory_order_relaxed);
+  first = Access::load(tail_word, std::memory_order_relaxed);
   for (;;) {
     // acquire: pairs with the release store of a raise, so the slots below head were fully read.
     LogIndex head = Access::load(control().head.value, std::memory_order_acquire);
@@ -329,6 +390,7 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
       break;
     }
   }
+  }
 
   for (uint64_t i = 0; i < n; ++i) {
     const LogIndex index = first + i;
@@ -337,10 +399,20 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
     std::memcpy(bytes, batch[i].data(), batch[i].size());
     s->writer = replica;
     s->length = static_cast<uint32_t>(batch[i].size());
-    Access::flush(s, sizeof(shm::SlotHeader) + batch[i].size());
+    publish(s, sizeof(shm::SlotHeader) + batch[i].size());
     // release: the entry bytes, writer and length are visible before the marker says "live".
     Access::store(s->alive, (index >> lap_shift_) + 1, std::memory_order_release);
-    Access::flush(&s->alive, sizeof(s->alive));
+    publish(&s->alive, sizeof(s->alive));
+  }
+  if (noncoherent()) {
+    // The sequencer publishes the tail right after the grants (see sequencer_pass_locked): wait
+    // for it to cover ours, so an exec after this append returns sees these entries. Bounded: if
+    // the sequencer died in between, the entries are written and the log is stuck anyway.
+    SpinWait wait(options_.full_timeout);
+    while (tail() < first + n && !wait.expired()) {
+      try_sequencer_pass();
+      wait.pause();
+    }
   }
   return first;
 }
@@ -355,10 +427,22 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
   if (i >= to) return i;
   // Raise ctail BEFORE applying (see RingLog::apply_until): ctail is the highest index a replica
   // has started applying to, so a read anywhere syncs past every effect already visible.
-  uint64_t& ctail_word = control().ctail.value;
-  LogIndex c = Access::load(ctail_word, std::memory_order_relaxed);
-  // release: orders the raise before the effects this replica is about to produce.
-  while (c < to && !Access::compare_exchange(ctail_word, c, to, std::memory_order_release, std::memory_order_relaxed)) {
+  if (noncoherent()) {
+    // Our own proposal on our own line (ctail() takes the max over replicas): no read-modify-write.
+    uint64_t& started = ltail_line(replica).started;
+    // relaxed: only this replica's combiner writes |started|.
+    if (Access::load(started, std::memory_order_relaxed) < to) {
+      // release: orders the raise before the effects this replica is about to produce.
+      Access::store(started, to, std::memory_order_release);
+      publish(&started, sizeof(started));
+    }
+  } else {
+    uint64_t& ctail_word = control().ctail.value;
+    LogIndex c = Access::load(ctail_word, std::memory_order_relaxed);
+    // release: orders the raise before the effects this replica is about to produce.
+    while (c < to &&
+           !Access::compare_exchange(ctail_word, c, to, std::memory_order_release, std::memory_order_relaxed)) {
+    }
   }
   Status error;
   for (; i < to; ++i) {
@@ -369,7 +453,7 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
     SpinWait wait;
     uint64_t alive;
     for (;;) {
-      Access::invalidate(&s->alive, sizeof(s->alive));
+      refresh(&s->alive, sizeof(s->alive));
       alive = Access::load(s->alive, std::memory_order_acquire);
       if (alive >= want) break;
       wait.pause();
@@ -380,7 +464,7 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
                                 ": overwritten before replica " + std::to_string(replica) + " read it (corrupt region)");
       break;
     }
-    Access::invalidate(s, sizeof(shm::SlotHeader));
+    refresh(s, sizeof(shm::SlotHeader));
     const uint32_t writer = s->writer;
     const uint32_t length = s->length;
     // Bounds-check before handing the bytes out: another process (or machine) wrote them.
@@ -392,7 +476,7 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
       break;
     }
     const std::byte* bytes = reinterpret_cast<const std::byte*>(s) + sizeof(shm::SlotHeader);
-    Access::invalidate(bytes, length);
+    refresh(bytes, length);
     const Entry entry{i, writer, std::span<const std::byte>(bytes, length)};
     if constexpr (std::is_same_v<Visitor, StoppingVisitor>) {
       if (!visitor(entry)) break;
@@ -403,7 +487,7 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
   if (i != from) {
     // release: our reads of the slots above happen before an appender that sees this ltail reuses them.
     Access::store(ltail_word, i, std::memory_order_release);
-    Access::flush(&ltail_word, sizeof(ltail_word));
+    publish(&ltail_word, sizeof(ltail_word));
   }
   if (!error.ok()) return error;
   return i;
@@ -432,6 +516,7 @@ Result<PayloadRef> BasicShmLog<Access>::payload_put(std::span<const std::byte> d
   // acquire: the replicas in the mask have their ltails set (pairs with register's release).
   const uint64_t holders = active_replicas();
   if (holders == 0) return Status::failed_precondition("no replica is registered to release the payload");
+  if (noncoherent()) return payload_put_noncoherent(data, holders);
 
   shm::PayloadLine& line = control().payloads;
   const uint64_t start = Access::fetch_add(line.hint, 1, std::memory_order_relaxed);
@@ -448,12 +533,10 @@ Result<PayloadRef> BasicShmLog<Access>::payload_put(std::span<const std::byte> d
       continue;  // another put took it
     }
     std::memcpy(payload_bytes(where), data.data(), data.size());
-    Access::flush(payload_bytes(where), data.size());
     Access::store(m.length, data.size(), std::memory_order_relaxed);
     Access::store(m.pending, holders, std::memory_order_relaxed);
     // release: bytes, length and pending are visible to whoever acquires the live state.
     Access::store(m.state, shm::payload_state(generation, shm::kPayloadLive), std::memory_order_release);
-    Access::flush(&m, sizeof(m));
     Access::fetch_add(line.live, 1, std::memory_order_relaxed);
     return PayloadRef{where, static_cast<uint32_t>(data.size()), generation};
   }
@@ -464,7 +547,7 @@ template <typename Access>
 Result<std::span<const std::byte>> BasicShmLog<Access>::payload_get(PayloadRef ref) const {
   if (ref.where >= geo_.payload_slots) return Status::not_found("payload reference out of range");
   const shm::PayloadMeta& m = payload_meta(ref.where);
-  Access::invalidate(&m, sizeof(m));
+  refresh(&m, sizeof(m));
   // acquire: pairs with payload_put's release of the live state.
   const uint64_t state = Access::load(m.state, std::memory_order_acquire);
   if (state != shm::payload_state(ref.generation, shm::kPayloadLive)) {
@@ -474,7 +557,11 @@ Result<std::span<const std::byte>> BasicShmLog<Access>::payload_get(PayloadRef r
   if (length != ref.length || length == 0 || length > geo_.payload_slot_bytes) {
     return Status::not_found("stale payload reference");
   }
-  Access::invalidate(payload_bytes(ref.where), length);
+  if (noncoherent() &&
+      released_by_all(ref.where, ref.generation, Access::load(m.pending, std::memory_order_relaxed))) {
+    return Status::not_found("stale payload reference (released by every holder)");
+  }
+  refresh(payload_bytes(ref.where), length);
   return std::span<const std::byte>(payload_bytes(ref.where), length);
 }
 
@@ -482,6 +569,27 @@ template <typename Access>
 Status BasicShmLog<Access>::payload_release(ReplicaId replica, PayloadRef ref) {
   if (!owned(replica)) return not_owned(replica);
   if (ref.where >= geo_.payload_slots) return Status::not_found("payload reference out of range");
+  if (noncoherent()) {
+    const shm::PayloadMeta& m = payload_meta(ref.where);
+    refresh(&m, sizeof(m));
+    // acquire: pairs with payload_put's release of the live state; |pending| is this generation's.
+    if (Access::load(m.state, std::memory_order_acquire) != shm::payload_state(ref.generation, shm::kPayloadLive)) {
+      return Status::not_found("stale payload reference");
+    }
+    const uint64_t holders = Access::load(m.pending, std::memory_order_relaxed);
+    if (((holders >> replica) & 1) == 0) {
+      return Status::failed_precondition("replica " + std::to_string(replica) + " did not hold this payload");
+    }
+    uint64_t& mark = release_mark(replica, ref.where);
+    // relaxed: our own mark, written only by this replica's owner (us).
+    if (Access::load(mark, std::memory_order_relaxed) == ref.generation) {
+      return Status::failed_precondition("replica " + std::to_string(replica) + " already released this payload");
+    }
+    // release: our reads of the bytes happen before the sequencer, seeing every mark, reuses the slot.
+    Access::store(mark, ref.generation, std::memory_order_release);
+    publish(&mark, sizeof(mark));
+    return ok_status();
+  }
   return release_payload(ref.where, ref.generation, uint64_t{1} << replica);
 }
 
@@ -503,10 +611,533 @@ Status BasicShmLog<Access>::release_payload(uint64_t where, uint32_t generation,
     // release: a holder of the old generation sees the change before the slot is reused, and the
     // next put (acquire CAS) sees every holder's reads as done.
     Access::store(m.state, shm::payload_state(generation + 1, shm::kPayloadFree), std::memory_order_release);
-    Access::flush(&m, sizeof(m));
     Access::fetch_sub(control().payloads.live, 1, std::memory_order_relaxed);
   }
   return ok_status();
+}
+
+// ---- Accessors that differ by mode --------------------------------------------------------------
+
+template <typename Access>
+LogIndex BasicShmLog<Access>::ctail() const {
+  if (!noncoherent()) {
+    // acquire: whoever raised ctail did so before producing the effects a reader then syncs past.
+    return Access::load(control().ctail.value, std::memory_order_acquire);
+  }
+  // The highest proposal of every replica id ever registered (a replica that left keeps its
+  // proposal there: ctail never goes back).
+  shm::SequencerLine& seq = sequencer_line();
+  refresh(&seq.ever, sizeof(seq.ever));
+  // relaxed: only which lines to read; each proposal is acquired below.
+  uint64_t ever = Access::load(seq.ever, std::memory_order_relaxed);
+  LogIndex c = 0;
+  while (ever != 0) {
+    const auto r = static_cast<ReplicaId>(std::countr_zero(ever));
+    ever &= ever - 1;
+    if (r >= geo_.max_replicas) break;
+    const uint64_t& started = ltail_line(r).started;
+    refresh(&started, sizeof(started));
+    // acquire: the proposal was published before the effects of the entries below it.
+    c = std::max(c, Access::load(started, std::memory_order_acquire));
+  }
+  return c;
+}
+
+template <typename Access>
+uint64_t BasicShmLog<Access>::payloads_live() const {
+  if (!noncoherent()) return Access::load(control().payloads.live, std::memory_order_relaxed);
+  uint64_t live = 0;
+  for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
+    const shm::PayloadMeta& m = payload_meta(where);
+    refresh(&m, sizeof(m));
+    // acquire: |pending| below belongs to the generation in |state|.
+    const uint64_t state = Access::load(m.state, std::memory_order_acquire);
+    if ((state & shm::kPayloadPhaseMask) != shm::kPayloadLive) continue;
+    if (!released_by_all(where, shm::payload_generation(state), Access::load(m.pending, std::memory_order_relaxed))) {
+      ++live;
+    }
+  }
+  return live;
+}
+
+// ---- Noncoherent mode: clients ------------------------------------------------------------------
+
+template <typename Access>
+Result<typename BasicShmLog<Access>::ClientAnswer> BasicShmLog<Access>::client_call(uint64_t kind, uint64_t arg) {
+  MutexLock lock(client_mu_);
+  const uint64_t seq = ++client_seq_;
+  shm::ClientRequestLine& q = client_request_line(client_);
+  // relaxed: published by the release store of |seq|.
+  Access::store(q.kind, kind, std::memory_order_relaxed);
+  Access::store(q.arg, arg, std::memory_order_relaxed);
+  // release: kind and arg are visible to whoever acquires this request number.
+  Access::store(q.seq, seq, std::memory_order_release);
+  publish(&q, sizeof(q));
+  const shm::ClientResponseLine& a = client_response_line(client_);
+  SpinWait wait(options_.full_timeout);
+  for (;;) {
+    try_sequencer_pass();
+    refresh(&a, sizeof(a));
+    // acquire: the answer's status and values were stored before its number.
+    if (Access::load(a.seq, std::memory_order_acquire) == seq) break;
+    if (wait.expired()) {
+      refresh(&sequencer_line(), sizeof(shm::SequencerLine));
+      return Status::deadline_exceeded(
+          "the sequencer of noncoherent shm log " + std::to_string(options_.log_id) + " (pid " +
+          std::to_string(Access::load(sequencer_line().pid, std::memory_order_relaxed)) +
+          ") did not answer client " + std::to_string(client_) + " within " +
+          std::to_string(options_.full_timeout.count() / 1000000) + " ms (is it dead?)");
+    }
+    wait.pause();
+  }
+  ClientAnswer answer;
+  // relaxed: ordered by the acquire of the answer's number above.
+  answer.status = Access::load(a.status, std::memory_order_relaxed);
+  for (int i = 0; i < 3; ++i) answer.value[i] = Access::load(a.value[i], std::memory_order_relaxed);
+  return answer;
+}
+
+template <typename Access>
+Result<ReplicaId> BasicShmLog<Access>::register_noncoherent() {
+  NRX_ASSIGN_OR_RETURN(const ClientAnswer answer, client_call(shm::kClientJoin, 0));
+  if (answer.status == shm::kClientExhausted) {
+    return Status::resource_exhausted("log " + std::to_string(options_.log_id) + " already has its " +
+                                      std::to_string(geo_.max_replicas) + " replicas");
+  }
+  // The answer comes from another host: checked before use.
+  if (answer.status != shm::kClientOk || answer.value[0] >= geo_.max_replicas) {
+    return Status::data_loss("the sequencer answered a join with status " + std::to_string(answer.status) +
+                             ", replica " + std::to_string(answer.value[0]));
+  }
+  const auto id = static_cast<ReplicaId>(answer.value[0]);
+  const LogIndex start = answer.value[1];
+  // The id's lines are ours now (the sequencer handed them over); the previous owner may have
+  // been another host, so drop any stale copy before reading them.
+  shm::LtailLine& line = ltail_line(id);
+  refresh(&line, sizeof(line));
+  // relaxed: our own line from now on; |started| never goes back (ctail is monotonic).
+  const uint64_t started = Access::load(line.started, std::memory_order_relaxed);
+  Access::store(line.value, start, std::memory_order_relaxed);
+  Access::store(line.started, std::max(started, start), std::memory_order_relaxed);
+  // release: the ltail above is visible to the sequencer before it trusts this incarnation.
+  Access::store(line.incarnation, answer.value[2], std::memory_order_release);
+  publish(&line, sizeof(line));
+  shm::ReplicaLine& info = replica_line(id);
+  // relaxed: informational (fencing); published with the flush.
+  Access::store(info.owner_pid, pid_, std::memory_order_relaxed);
+  Access::store(info.incarnation, answer.value[2], std::memory_order_relaxed);
+  Access::store(info.state, static_cast<uint64_t>(shm::ReplicaState::kActive), std::memory_order_relaxed);
+  publish(&info, sizeof(info));
+  // Continue the request numbering of the id's previous owner (the sequencer remembers the last
+  // number it answered per id).
+  shm::RequestLine& q = request_line(id);
+  shm::ResponseLine& a = response_line(id);
+  refresh(&q, sizeof(q));
+  refresh(&a, sizeof(a));
+  // relaxed: numbers only compared.
+  request_seq_[id] = std::max(Access::load(q.seq, std::memory_order_relaxed), Access::load(a.seq, std::memory_order_relaxed));
+  // release: request_seq_[id] is written before an append on another thread may use the id.
+  owned_.fetch_or(uint64_t{1} << id, std::memory_order_release);
+  return id;
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::deregister_noncoherent(ReplicaId replica) {
+  const uint64_t bit = uint64_t{1} << replica;
+  // Drop what we hold first: our release marks are ours only while we own the id.
+  for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
+    const shm::PayloadMeta& m = payload_meta(where);
+    refresh(&m, sizeof(m));
+    // acquire: |pending| belongs to the generation in |state|.
+    const uint64_t state = Access::load(m.state, std::memory_order_acquire);
+    if ((state & shm::kPayloadPhaseMask) != shm::kPayloadLive) continue;
+    if ((Access::load(m.pending, std::memory_order_relaxed) & bit) == 0) continue;
+    uint64_t& mark = release_mark(replica, where);
+    const uint64_t generation = shm::payload_generation(state);
+    // relaxed: our own mark.
+    if (Access::load(mark, std::memory_order_relaxed) == generation) continue;
+    // release: as payload_release.
+    Access::store(mark, generation, std::memory_order_release);
+    publish(&mark, sizeof(mark));
+  }
+  NRX_ASSIGN_OR_RETURN(const ClientAnswer answer, client_call(shm::kClientLeave, replica));
+  if (answer.status != shm::kClientOk) {
+    return Status::data_loss("the sequencer refused replica " + std::to_string(replica) + "'s leave (status " +
+                             std::to_string(answer.status) + ")");
+  }
+  shm::ReplicaLine& info = replica_line(replica);
+  // relaxed: informational.
+  Access::store(info.state, static_cast<uint64_t>(shm::ReplicaState::kFree), std::memory_order_relaxed);
+  publish(&info, sizeof(info));
+  owned_.fetch_and(~bit, std::memory_order_release);
+  return ok_status();
+}
+
+template <typename Access>
+Result<PayloadRef> BasicShmLog<Access>::payload_put_noncoherent(std::span<const std::byte> data, uint64_t holders) {
+  NRX_ASSIGN_OR_RETURN(const ClientAnswer answer, client_call(shm::kClientPayload, 0));
+  if (answer.status == shm::kClientExhausted) {
+    return Status::resource_exhausted("all " + std::to_string(geo_.payload_slots) + " payload slots are live");
+  }
+  if (answer.status != shm::kClientOk || answer.value[0] >= geo_.payload_slots || answer.value[1] == 0 ||
+      answer.value[1] > UINT32_MAX) {
+    return Status::data_loss("the sequencer answered a payload request with status " + std::to_string(answer.status) +
+                             ", slot " + std::to_string(answer.value[0]));
+  }
+  const uint64_t where = answer.value[0];
+  const auto generation = static_cast<uint32_t>(answer.value[1]);
+  shm::PayloadMeta& m = payload_meta(where);
+  // The slot is ours for this generation. Mark it filling first (a stale reference to the old
+  // generation then fails its state check instead of reading the new bytes), then fill it.
+  // relaxed + flush: the write-back's sfence orders it before the bytes below on x86.
+  Access::store(m.state, shm::payload_state(generation, shm::kPayloadFilling), std::memory_order_relaxed);
+  publish(&m, sizeof(m));
+  std::memcpy(payload_bytes(where), data.data(), data.size());
+  publish(payload_bytes(where), data.size());
+  // relaxed: published by the release store of the live state.
+  Access::store(m.length, data.size(), std::memory_order_relaxed);
+  Access::store(m.pending, holders, std::memory_order_relaxed);
+  // release: bytes, length and holders are visible to whoever acquires the live state.
+  Access::store(m.state, shm::payload_state(generation, shm::kPayloadLive), std::memory_order_release);
+  publish(&m, sizeof(m));
+  return PayloadRef{where, static_cast<uint32_t>(data.size()), generation};
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::released_by_all(uint64_t where, uint32_t generation, uint64_t holders) const {
+  while (holders != 0) {
+    const auto r = static_cast<ReplicaId>(std::countr_zero(holders));
+    holders &= holders - 1;
+    if (r >= geo_.max_replicas) return false;  // a corrupt mask: never free it
+    const uint64_t& mark = release_mark(r, where);
+    refresh(&mark, sizeof(mark));
+    // acquire: the holder's reads of the bytes happen before whoever sees its mark reuses them.
+    if (Access::load(mark, std::memory_order_acquire) != generation) return false;
+  }
+  return true;
+}
+
+// ---- Noncoherent mode: appending through the sequencer -------------------------------------------
+
+template <typename Access>
+Result<LogIndex> BasicShmLog<Access>::reserve_noncoherent(ReplicaId replica, uint64_t n, EntryVisitor apply_own) {
+  const uint64_t seq = ++request_seq_[replica];
+  shm::RequestLine& q = request_line(replica);
+  // relaxed: published by the release store of |seq|.
+  Access::store(q.count, n, std::memory_order_relaxed);
+  // release: |count| is visible to whoever acquires this request number.
+  Access::store(q.seq, seq, std::memory_order_release);
+  publish(&q, sizeof(q));
+  const shm::ResponseLine& a = response_line(replica);
+  auto answered = [&] {
+    refresh(&a, sizeof(a));
+    // acquire: the answer's status and first index were stored before its number, and the
+    // sequencer published the tail covering a grant before the grant.
+    return Access::load(a.seq, std::memory_order_acquire) == seq;
+  };
+  Status error;
+  bool withdrawn = false;
+  SpinWait wait(options_.full_timeout);
+  while (!answered()) {
+    try_sequencer_pass();
+    if (!withdrawn && (wait.spins() & 15) == 15) {
+      // Full? Our own replica may be behind: apply it (as the coherent path does), then nudge
+      // whoever holds the head back. The sequencer grants once the head moves. The tail is read
+      // BEFORE checking for our answer: the sequencer writes a grant before the tail covering
+      // it, so a tail read before an unanswered check never covers our own (unwritten) entries.
+      ReplicaId laggard;
+      const LogIndex t = tail();
+      if (answered()) break;
+      const LogIndex head = min_ltail(&laggard);
+      if (t + n > head + geo_.slot_count) {
+        if (Result<LogIndex> applied = apply_until(replica, t, apply_own); !applied.ok()) {
+          error = applied.status();
+        } else if (laggard != replica && options_.on_lagging) {
+          options_.on_lagging(options_.log_id, laggard);
+        }
+      }
+    }
+    if (!withdrawn && (wait.expired() || !error.ok())) {
+      // Withdraw the request; the sequencer confirms (or had granted it already), bounded again.
+      // release: ordered after the request it withdraws.
+      Access::store(q.cancel_seq, seq, std::memory_order_release);
+      publish(&q, sizeof(q));
+      withdrawn = true;
+      wait = SpinWait(options_.full_timeout);
+      continue;
+    }
+    if (withdrawn && wait.expired()) {
+      return Status::deadline_exceeded(
+          "noncoherent shm log " + std::to_string(options_.log_id) + ": no grant for replica " +
+          std::to_string(replica) + " within full_timeout (" + std::to_string(options_.full_timeout.count() / 1000000) +
+          " ms), and the sequencer did not confirm the withdrawal either (is it dead?)");
+    }
+    wait.pause();
+  }
+  // relaxed: ordered by the acquire in answered().
+  const uint64_t status = Access::load(a.status, std::memory_order_relaxed);
+  const LogIndex first = Access::load(a.first, std::memory_order_relaxed);
+  if (status == shm::kResponseGranted) return first;  // even if withdrawn: the grant came first
+  if (!error.ok()) return error;
+  if (status == shm::kResponseCancelled) {
+    ReplicaId laggard;
+    (void)min_ltail(&laggard);
+    return Status::deadline_exceeded("shm log " + std::to_string(options_.log_id) + " stayed full for " +
+                                     std::to_string(options_.full_timeout.count() / 1000000) + " ms; replica " +
+                                     std::to_string(laggard) + " is not advancing");
+  }
+  return Status::data_loss("the sequencer answered replica " + std::to_string(replica) + "'s request with status " +
+                           std::to_string(status));
+}
+
+// ---- Noncoherent mode: the sequencer ------------------------------------------------------------
+
+// The sequencer's own state: only in the creator's memory, guarded by |mu| (the thread and the
+// creator's waiting calls take turns). Nothing here is shared with other hosts except through
+// the lines it writes.
+template <typename Access>
+struct BasicShmLog<Access>::Sequencer {
+  explicit Sequencer(const shm::Geometry& g)
+      : answered(g.max_replicas, 0),
+        incarnation(g.max_replicas, 0),
+        join_start(g.max_replicas, 0),
+        owner(g.max_replicas, 0),
+        client_answered(shm::kMaxClients, 0),
+        payload_generation(g.payload_slots, 0) {}
+
+  struct Answer {
+    bool client;   // a client answer (else a replica's reservation answer)
+    uint32_t who;  // client slot or replica id
+    uint64_t seq;
+    uint64_t status;
+    uint64_t value[3];
+  };
+
+  Mutex mu;
+  LogIndex tail NRX_GUARDED_BY(mu) = 0;
+  uint64_t active NRX_GUARDED_BY(mu) = 0;
+  uint64_t ever NRX_GUARDED_BY(mu) = 0;
+  uint64_t passes NRX_GUARDED_BY(mu) = 0;
+  uint32_t next_replica NRX_GUARDED_BY(mu) = 0;  // round-robin start of the next pass
+  uint64_t payload_hint NRX_GUARDED_BY(mu) = 0;
+  std::vector<uint64_t> answered NRX_GUARDED_BY(mu);     // per replica: last request number answered
+  std::vector<uint64_t> incarnation NRX_GUARDED_BY(mu);  // per replica: the join granted last
+  std::vector<LogIndex> join_start NRX_GUARDED_BY(mu);   // per replica: its ltail until it confirms
+  std::vector<uint32_t> owner NRX_GUARDED_BY(mu);        // per replica: the client that joined it
+  std::vector<uint64_t> client_answered NRX_GUARDED_BY(mu);
+  std::vector<uint64_t> payload_generation NRX_GUARDED_BY(mu);  // per slot: last granted (0: never)
+  std::vector<Answer> answers NRX_GUARDED_BY(mu);                // this pass's, written at its end
+};
+
+template <typename Access>
+void BasicShmLog<Access>::try_sequencer_pass() {
+  Sequencer* s = sequencer_.get();
+  if (s == nullptr || sequencer_stop_.load(std::memory_order_acquire) || !s->mu.try_lock()) return;
+  sequencer_pass_locked(*s);
+  s->mu.unlock();
+}
+
+template <typename Access>
+void BasicShmLog<Access>::sequencer_main() {
+  Sequencer& s = *sequencer_;
+  uint64_t idle = 0;
+  // acquire: pairs with stop_sequencer()'s release.
+  while (!sequencer_stop_.load(std::memory_order_acquire)) {
+    bool worked;
+    {
+      MutexLock lock(s.mu);
+      worked = sequencer_pass_locked(s);
+    }
+    if (worked) {
+      idle = 0;
+    } else if (++idle < 64) {
+      cpu_relax();
+    } else if (idle < 16384) {
+      // yield: gives the core to appenders on a busy machine, yet answers within a pass.
+      std::this_thread::yield();
+    } else {
+      // Idle for a while (milliseconds): nap. A request then waits up to this long (the
+      // creator's own waits run passes inline).
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
+}
+
+template <typename Access>
+LogIndex BasicShmLog<Access>::sequencer_head_locked(Sequencer& s) {
+  LogIndex head = s.tail;
+  uint64_t active_mask = s.active;
+  while (active_mask != 0) {
+    const auto r = static_cast<ReplicaId>(std::countr_zero(active_mask));
+    active_mask &= active_mask - 1;
+    const shm::LtailLine& line = ltail_line(r);
+    refresh(&line, sizeof(line));
+    // acquire: the owner stored the ltail before this incarnation, and finished reading the
+    // slots below its ltail before storing it (we may hand them to a new writer next).
+    const LogIndex l = Access::load(line.incarnation, std::memory_order_acquire) == s.incarnation[r]
+                           ? Access::load(line.value, std::memory_order_acquire)
+                           : s.join_start[r];
+    head = std::min(head, l);
+  }
+  return head;
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
+  s.answers.clear();
+  bool changed = false;  // tail or membership: the SequencerLine must be published
+  // 1. Client requests (joins, leaves, payload slots): every 4th pass; reservations are hotter.
+  if (s.passes++ % 8 == 0) {
+    // One invalidation (one fence) for the whole contiguous array of client request lines.
+    refresh(&client_request_line(0), shm::kMaxClients * sizeof(shm::ClientRequestLine));
+    for (uint32_t c = 0; c < shm::kMaxClients; ++c) {
+      const shm::ClientRequestLine& q = client_request_line(c);
+      // acquire: the client stored kind and arg before the number.
+      const uint64_t seq = Access::load(q.seq, std::memory_order_acquire);
+      if (seq == s.client_answered[c]) continue;
+      s.client_answered[c] = seq;
+      // relaxed: ordered by the acquire above.
+      const uint64_t kind = Access::load(q.kind, std::memory_order_relaxed);
+      const uint64_t arg = Access::load(q.arg, std::memory_order_relaxed);
+      typename Sequencer::Answer answer{true, c, seq, shm::kClientRejected, {0, 0, 0}};
+      if (kind == shm::kClientJoin) {
+        const auto id = static_cast<ReplicaId>(std::countr_one(s.active));
+        if (id >= geo_.max_replicas) {
+          answer.status = shm::kClientExhausted;
+        } else {
+          // Start at head (the ring's rule). Only this thread grants, so no reservation can
+          // pass start + slot_count before the new replica's ltail is counted.
+          const LogIndex start = sequencer_head_locked(s);
+          s.incarnation[id] += 1;
+          s.join_start[id] = start;
+          s.owner[id] = c;
+          s.active |= uint64_t{1} << id;
+          s.ever |= uint64_t{1} << id;
+          changed = true;
+          answer.status = shm::kClientOk;
+          answer.value[0] = id;
+          answer.value[1] = start;
+          answer.value[2] = s.incarnation[id];
+        }
+      } else if (kind == shm::kClientLeave) {
+        if (arg < geo_.max_replicas && ((s.active >> arg) & 1) != 0 && s.owner[arg] == c) {
+          s.active &= ~(uint64_t{1} << arg);
+          changed = true;
+          answer.status = shm::kClientOk;
+        }
+      } else if (kind == shm::kClientPayload) {
+        answer.status = shm::kClientExhausted;
+        for (uint64_t k = 0; k < geo_.payload_slots; ++k) {
+          const uint64_t where = (s.payload_hint + k) % geo_.payload_slots;
+          const uint64_t generation = s.payload_generation[where];
+          if (generation != 0) {
+            // Free once its grantee made it live and every holder released that generation.
+            const shm::PayloadMeta& m = payload_meta(where);
+            refresh(&m, sizeof(m));
+            // acquire: |pending| belongs to the state's generation.
+            if (Access::load(m.state, std::memory_order_acquire) !=
+                    shm::payload_state(static_cast<uint32_t>(generation), shm::kPayloadLive) ||
+                !released_by_all(where, static_cast<uint32_t>(generation),
+                                 Access::load(m.pending, std::memory_order_relaxed))) {
+              continue;
+            }
+          }
+          uint64_t next = (generation + 1) & UINT32_MAX;
+          if (next == 0) next = 1;  // generation 0 means "never granted"
+          s.payload_generation[where] = next;
+          s.payload_hint = where + 1;
+          answer.status = shm::kClientOk;
+          answer.value[0] = where;
+          answer.value[1] = next;
+          break;
+        }
+      }
+      s.answers.push_back(answer);
+    }
+  }
+  // 2. Reservations, round-robin from the first request that did not fit last time. A request that
+  // does not fit waits, but does not hold back smaller ones that fit: its replica may be waiting
+  // for theirs (a laggard applies its own entries only once IT finds the log full), so strict
+  // order could deadlock two full appenders until full_timeout.
+  bool head_fresh = false;
+  bool blocked = false;
+  // One invalidation (one fence) for the whole contiguous array of request lines.
+  refresh(&request_line(0), geo_.max_replicas * sizeof(shm::RequestLine));
+  LogIndex head = 0;
+  for (uint32_t k = 0; k < geo_.max_replicas; ++k) {
+    const uint32_t r = (s.next_replica + k) % geo_.max_replicas;
+    if (((s.active >> r) & 1) == 0) continue;
+    const shm::RequestLine& q = request_line(r);
+    // acquire: the appender stored the count before the number.
+    const uint64_t seq = Access::load(q.seq, std::memory_order_acquire);
+    if (seq == s.answered[r]) continue;
+    // relaxed: ordered by the acquire above.
+    const uint64_t count = Access::load(q.count, std::memory_order_relaxed);
+    const uint64_t cancel = Access::load(q.cancel_seq, std::memory_order_relaxed);
+    typename Sequencer::Answer answer{false, r, seq, shm::kResponseRejected, {0, 0, 0}};
+    if (cancel == seq) {
+      answer.status = shm::kResponseCancelled;
+    } else if (count != 0 && count <= geo_.slot_count) {
+      if (!head_fresh || s.tail + count > head + geo_.slot_count) {
+        head = sequencer_head_locked(s);
+        head_fresh = true;
+      }
+      if (s.tail + count > head + geo_.slot_count) {
+        if (!blocked) s.next_replica = r;  // full: the first blocked request goes first next time
+        blocked = true;
+        continue;
+      }
+      answer.status = shm::kResponseGranted;
+      answer.value[0] = s.tail;
+      s.tail += count;
+      if (!blocked) s.next_replica = (r + 1) % geo_.max_replicas;
+      changed = true;
+    }
+    s.answered[r] = seq;
+    s.answers.push_back(answer);
+  }
+  // 3. Publish, in this order: membership (a joiner must find itself in the active mask once
+  // answered), the answers, then the tail. A grant is written BEFORE the tail covering it: an
+  // appender waiting for its grant reads the tail, then its answer, and applies up to that tail
+  // only when unanswered (it must never wait for its own unwritten entries); an appender that got
+  // its grant waits for the tail to cover it before returning (so a later exec sees it).
+  shm::SequencerLine& line = sequencer_line();
+  // relaxed: our own line (nobody else writes it).
+  if (Access::load(line.active, std::memory_order_relaxed) != s.active ||
+      Access::load(line.ever, std::memory_order_relaxed) != s.ever) {
+    // release (each): what the sequencer read to decide (ltails, marks) happens before anyone
+    // acting on the new values.
+    Access::store(line.ever, s.ever, std::memory_order_release);
+    Access::store(line.active, s.active, std::memory_order_release);
+    publish(&line, sizeof(line));
+  }
+  for (const typename Sequencer::Answer& answer : s.answers) {
+    if (answer.client) {
+      shm::ClientResponseLine& a = client_response_line(answer.who);
+      // relaxed: published by the release store of the number.
+      Access::store(a.status, answer.status, std::memory_order_relaxed);
+      for (int i = 0; i < 3; ++i) Access::store(a.value[i], answer.value[i], std::memory_order_relaxed);
+      // release: status and values (and the SequencerLine above) before the number.
+      Access::store(a.seq, answer.seq, std::memory_order_release);
+      publish(&a, sizeof(a));
+    } else {
+      shm::ResponseLine& a = response_line(answer.who);
+      // relaxed: published by the release store of the number.
+      Access::store(a.status, answer.status, std::memory_order_relaxed);
+      Access::store(a.first, answer.value[0], std::memory_order_relaxed);
+      // release: status, first index and the tail covering them before the number.
+      Access::store(a.seq, answer.seq, std::memory_order_release);
+      publish(&a, sizeof(a));
+    }
+  }
+  if (changed || (s.passes & 1023) == 0) {
+    // relaxed: a liveness hint only.
+    Access::store(line.heartbeat, s.passes, std::memory_order_relaxed);
+    // release: the grants above (and the ltails read to make them) before the tail covering them.
+    Access::store(line.tail, s.tail, std::memory_order_release);
+    publish(&line, sizeof(line));
+  }
+  return !s.answers.empty();
 }
 
 }  // namespace nrx::logs
