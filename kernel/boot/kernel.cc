@@ -20,14 +20,15 @@
 #include "kernel/syscall/syscalls.h"
 #include "kernel/vmem/vspace.h"
 #include "logs/ring/ring_log.h"
+#include "logs/shm/shm_log.h"
+#include "transport/region.h"
 
 namespace nrx::boot {
 namespace {
 
-using KernelLog = logs::RingLog;
-using KernelVspace = vmem::Vspace<KernelLog>;
-using TableGroup = nr::ReplicaGroup<proc::ProcessTable, KernelLog>;
-using TableReplica = nr::Replica<proc::ProcessTable, KernelLog>;
+// A process runs on one machine: its address space's log is always a local ring.
+using VspaceLog = logs::RingLog;
+using KernelVspace = vmem::Vspace<VspaceLog>;
 
 constexpr auto kIdleTick = std::chrono::milliseconds(1);
 constexpr int kKilledStatus = 137;
@@ -45,6 +46,108 @@ bool ReplicaDigests::equal() const {
   };
   return same(proc) && same(fs) && same(vmem);
 }
+
+// The process table's replicas on this kernel's nodes, over the chosen backend. One virtual call per
+// table operation (spawn, exit, core allocation, digests): the backend is picked once, at boot, and
+// everything under the call binds statically (DESIGN 3.4).
+class TablePort {
+ public:
+  virtual ~TablePort() = default;
+  virtual Result<nr::ThreadToken> register_thread(uint32_t node) = 0;
+  virtual Result<proc::ProcessTable::Response> execute_mut(uint32_t node, const proc::ProcessTable::WriteOp& op,
+                                                           nr::ThreadToken token) = 0;
+  virtual proc::ProcessTable::Response execute(uint32_t node, const proc::ProcessTable::ReadOp& op,
+                                               nr::ThreadToken token) = 0;
+  virtual void try_sync(uint32_t node) = 0;
+  virtual uint64_t digest(uint32_t node, nr::ThreadToken token) = 0;  // synced to the log first
+  virtual uint64_t exited(uint32_t node, nr::ThreadToken token) = 0;  // likewise
+  virtual logs::ReplicaId replica_id(uint32_t node) const = 0;
+  virtual uint32_t registered_replicas() const = 0;  // by every process sharing the log
+};
+
+template <typename L>
+class TablePortImpl final : public TablePort {
+ public:
+  template <typename CreateLog>
+  static Result<std::unique_ptr<TablePort>> create(const logs::LogOptions& lo, CreateLog&& create_log,
+                                                   uint32_t local_nodes, uint32_t total_nodes, uint32_t cpn) {
+    std::unique_ptr<TablePortImpl> t(new TablePortImpl);
+    NRX_ASSIGN_OR_RETURN(t->group_, (Group::create(lo, std::forward<CreateLog>(create_log))));
+    for (uint32_t n = 0; n < local_nodes; ++n) {
+      NRX_RETURN_IF_ERROR(t->group_->add_replica(proc::ProcessTable(total_nodes, cpn), nr::ReplicaOptions{64}).status());
+    }
+    return std::unique_ptr<TablePort>(std::move(t));
+  }
+  Result<nr::ThreadToken> register_thread(uint32_t node) override { return group_->replica(node).register_thread(); }
+  Result<proc::ProcessTable::Response> execute_mut(uint32_t node, const proc::ProcessTable::WriteOp& op,
+                                                   nr::ThreadToken token) override {
+    return group_->replica(node).execute_mut(op, token);
+  }
+  proc::ProcessTable::Response execute(uint32_t node, const proc::ProcessTable::ReadOp& op,
+                                       nr::ThreadToken token) override {
+    return group_->replica(node).execute(op, token);
+  }
+  void try_sync(uint32_t node) override { (void)group_->replica(node).try_sync(); }
+  uint64_t digest(uint32_t node, nr::ThreadToken token) override {
+    group_->replica(node).sync();
+    return group_->replica(node).inspect(token, [](const proc::ProcessTable& t) { return t.digest(); });
+  }
+  uint64_t exited(uint32_t node, nr::ThreadToken token) override {
+    group_->replica(node).sync();
+    return group_->replica(node).inspect(token, [](const proc::ProcessTable& t) { return t.exited(); });
+  }
+  logs::ReplicaId replica_id(uint32_t node) const override { return group_->replica(node).id(); }
+  uint32_t registered_replicas() const override {
+    if constexpr (requires(const L& log) { log.active_replicas(); }) {
+      return static_cast<uint32_t>(std::popcount(group_->log().active_replicas()));
+    } else {
+      return static_cast<uint32_t>(group_->size());
+    }
+  }
+
+ private:
+  using Group = nr::ReplicaGroup<proc::ProcessTable, L>;
+  TablePortImpl() = default;
+  std::unique_ptr<Group> group_;
+};
+
+// NR-FS over the chosen backend: the calls the kernel makes on it (one virtual call per system
+// call; NR-FS itself is compiled for the backend).
+class FsPort {
+ public:
+  virtual ~FsPort() = default;
+  virtual Result<fs::Handle> attach(uint32_t node) = 0;
+  virtual void advance(uint32_t node) = 0;
+  virtual uint64_t digest(fs::Handle& h) = 0;
+  virtual void execute(fs::Handle& h, const nrx_request& request, std::span<std::byte> data, nrx_response& response,
+                       syscall::ProcessCalls* process) = 0;
+  virtual uint32_t logs() const = 0;
+  virtual Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) = 0;
+};
+
+template <typename L>
+class FsPortImpl final : public FsPort {
+ public:
+  explicit FsPortImpl(std::unique_ptr<fs::FileSystem<L>> fs) : fs_(std::move(fs)) {}
+  Result<fs::Handle> attach(uint32_t node) override { return fs_->attach(node); }
+  void advance(uint32_t node) override { fs_->advance(node); }
+  uint64_t digest(fs::Handle& h) override { return fs_->digest(h); }
+  void execute(fs::Handle& h, const nrx_request& request, std::span<std::byte> data, nrx_response& response,
+               syscall::ProcessCalls* process) override {
+    syscall::execute(*fs_, h, request, data, response, process);
+  }
+  uint32_t logs() const override { return fs_->logs(); }
+  Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) override {
+    if constexpr (std::is_same_v<L, logs::RingLog>) {
+      return syscall::ChannelServer::start(*fs_, replica, {.path = path});
+    } else {
+      return Status::unavailable("the syscall channel serves NR-FS on the ring log only (not with --log shm yet)");
+    }
+  }
+
+ private:
+  std::unique_ptr<fs::FileSystem<L>> fs_;
+};
 
 namespace detail {
 
@@ -145,8 +248,13 @@ struct Kernel::Impl {
   uint32_t nodes = 0;
   uint32_t cores_per_node = 0;
   std::unique_ptr<mem::Memory> memory;
-  std::unique_ptr<TableGroup> table;
-  std::unique_ptr<fs::FileSystem<KernelLog>> fs;
+  uint32_t base_node = 0;  // the process table's number of local node 0 (machine * nodes)
+  uint32_t base_core = 0;  // ... and of local core 0
+  // kShm: which local node a shared log's replica id belongs to (-1: another machine's). Filled
+  // at boot, before any core starts, and only read afterwards.
+  std::vector<int32_t> node_of_replica_id;
+  std::unique_ptr<TablePort> table;
+  std::unique_ptr<FsPort> fs;
   std::vector<std::unique_ptr<KernelCore>> cores;
   std::atomic<uint32_t> nudge_rr{0};
   std::atomic<uint64_t> nudges_sent{0};
@@ -163,17 +271,66 @@ struct Kernel::Impl {
   std::map<Pid, std::shared_ptr<Process>> zombies NRX_GUARDED_BY(procs_mu);
   std::vector<uint64_t> vmem_digest_sum NRX_GUARDED_BY(procs_mu);  // per replica, over exited processes
 
-  // A log creator for every kernel log: the group's own hook, plus a nudge message to one core of
-  // the lagging replica's node.
-  auto make_log_creator() {
+  // The lagging-replica hook of every kernel log: the group's own hook, plus a nudge message to one
+  // core of the lagging replica's node (on this machine: another machine's idle cores advance its
+  // replicas).
+  logs::LaggingReplicaHook nudging_hook(logs::LaggingReplicaHook inner, bool ids_are_nodes) {
+    return [this, inner = std::move(inner), ids_are_nodes](uint32_t log_id, logs::ReplicaId r) {
+      if (ids_are_nodes) {
+        nudge_node(r);
+      } else if (r < node_of_replica_id.size() && node_of_replica_id[r] >= 0) {
+        nudge_node(static_cast<uint32_t>(node_of_replica_id[r]));
+      }
+      if (inner) inner(log_id, r);
+    };
+  }
+
+  // Ring logs (address spaces always; the table and NR-FS with LogBackend::kRing): replica ids are
+  // the local nodes, added in order.
+  auto ring_log_creator() {
     return [this](const logs::LogOptions& o) {
       logs::LogOptions with = o;
-      logs::LaggingReplicaHook inner = o.on_lagging;
-      with.on_lagging = [this, inner](uint32_t log_id, logs::ReplicaId r) {
-        nudge_node(r);
-        if (inner) inner(log_id, r);
-      };
-      return KernelLog::create(with);
+      with.on_lagging = nudging_hook(o.on_lagging, /*ids_are_nodes=*/true);
+      return logs::RingLog::create(with);
+    };
+  }
+
+  // Shared-memory logs: the region file <prefix>.<name><log_id>, created (machine 0) or attached.
+  auto shm_log_creator(std::string name) {
+    return [this, name](const logs::LogOptions& o) -> Result<std::unique_ptr<logs::ShmLog>> {
+      const ShmPlacement& sp = options.shm;
+      const std::string path = sp.region + "." + name + (name == "fs" ? std::to_string(o.log_id) : "");
+      logs::LaggingReplicaHook hook = nudging_hook(o.on_lagging, /*ids_are_nodes=*/false);
+      if (sp.attach) {
+        NRX_ASSIGN_OR_RETURN(transport::Region region, transport::Region::attach_file(path));
+        auto owner = std::make_shared<transport::Region>(std::move(region));
+        NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::ShmLog> log,
+                             logs::ShmLog::attach(owner->bytes(), {.cluster_id = sp.cluster_id,
+                                                                   .expected_epoch = 0,
+                                                                   .mode = logs::ShmMode::kCoherent,
+                                                                   .client = sp.machine,
+                                                                   .full_timeout = o.full_timeout,
+                                                                   .on_lagging = hook,
+                                                                   .keep_alive = owner}));
+        if (log->tail() != 0) {
+          return Status::failed_precondition(path + " already holds " + std::to_string(log->tail()) +
+                                             " entries: joining a running cluster needs state transfer, "
+                                             "which nrx does not have yet");
+        }
+        return log;
+      }
+      logs::LogOptions with = o;
+      with.on_lagging = hook;
+      // Payload slots hold NR-FS write data: one 4 KiB block and a path fit with room to spare.
+      const logs::ShmOptions so{.cluster_id = sp.cluster_id, .payload_bytes = uint64_t{with.payload_slots} * 8192};
+      const uint64_t bytes = (logs::ShmLog::region_bytes(with, so) + 4095) / 4096 * 4096;
+      if (bytes == 0) return Status::invalid_argument("no shm region fits these log options");
+      NRX_ASSIGN_OR_RETURN(transport::Region region,
+                           transport::Region::create_file(path, bytes, {.replace_existing = true, .unlink_on_close = true}));
+      auto owner = std::make_shared<transport::Region>(std::move(region));
+      logs::ShmOptions with_owner = so;
+      with_owner.keep_alive = owner;
+      return logs::ShmLog::create(owner->bytes(), with, with_owner);
     };
   }
 
@@ -186,7 +343,7 @@ struct Kernel::Impl {
   // What an idle or nudged core does: advance every subsystem's replica on its node, without
   // blocking (try_sync: if a combiner is busy there, the replica is moving anyway).
   void advance(KernelCore& c) NRX_EXCLUDES(procs_mu) {
-    (void)table->replica(c.node).try_sync();
+    table->try_sync(c.node);
     fs->advance(c.node);
     MutexLock lock(procs_mu);
     for (auto& [pid, p] : live) {
@@ -223,7 +380,7 @@ class CoreSys final : public Sys::Backend, public syscall::ProcessCalls {
       c_.call_errors.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    syscall::execute(*k_.fs, c_.fs_handle, request, data, response, this);
+    k_.fs->execute(c_.fs_handle, request, data, response, this);
     std::atomic<uint64_t>& counter = request.sysno >= NRX_SYS_MMAP && request.sysno <= NRX_SYS_MPROTECT ? c_.vmem_calls
                                      : request.sysno == NRX_SYS_GETPID || request.sysno == NRX_SYS_EXIT ? c_.proc_calls
                                                                                                         : c_.fs_calls;
@@ -337,7 +494,7 @@ void Kernel::Impl::core_main(KernelCore& c, std::latch* ready, Status* registere
   if (options.pin) pin_current_thread(c.cpus);
   {
     Result<fs::Handle> h = fs->attach(c.node);
-    Result<nr::ThreadToken> t = table->replica(c.node).register_thread();
+    Result<nr::ThreadToken> t = table->register_thread(c.node);
     if (!h.ok() || !t.ok()) {
       *registered = !h.ok() ? h.status() : t.status();
       ready->count_down();
@@ -402,10 +559,10 @@ Result<proc::ProcessTable::Response> Kernel::Impl::table_write(const proc::Proce
                                                                KernelCore* self) {
   Result<proc::ProcessTable::Response> r = Status::internal("unset");
   if (self != nullptr) {
-    r = table->replica(self->node).execute_mut(op, self->table_token);
+    r = table->execute_mut(self->node, op, self->table_token);
   } else {
     MutexLock lock(console_mu);
-    r = table->replica(0).execute_mut(op, console_table[0]);
+    r = table->execute_mut(0, op, console_table[0]);
   }
   if (!r.ok()) return r.status();
   if (!r->status.ok()) return r->status;
@@ -416,9 +573,9 @@ void Kernel::Impl::exit_process(const std::shared_ptr<Process>& p, int status, K
   // 1. Stop every other core: each acknowledges once the program returned there.
   std::atomic<uint32_t> pending{0};
   for (uint32_t core : p->cores) {
-    if (self != nullptr && core == self->id) continue;
+    if (self != nullptr && core == base_core + self->id) continue;
     pending.fetch_add(1, std::memory_order_relaxed);
-    cores[core]->mailbox.post({.kind = Mailbox::Message::Kind::kStop, .process = p, .thread = 0, .ack = &pending});
+    cores[core - base_core]->mailbox.post({.kind = Mailbox::Message::Kind::kStop, .process = p, .thread = 0, .ack = &pending});
   }
   SpinWait wait;
   // acquire: pairs with each core's release decrement.
@@ -517,6 +674,22 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
     return Status::invalid_argument("at most " + std::to_string(proc::kMaxCores) + " kernel cores in all");
   }
   if (cpn > 60) return Status::invalid_argument("at most 60 kernel cores per node");
+  const bool shm = options.log == LogBackend::kShm;
+  const uint32_t machines = shm ? options.shm.machines : 1;
+  if (shm) {
+    if (options.shm.region.empty()) return Status::invalid_argument("--log shm needs a region path");
+    if (machines == 0 || options.shm.machine >= machines) {
+      return Status::invalid_argument("machine " + std::to_string(options.shm.machine) + " of " +
+                                      std::to_string(machines) + " does not exist");
+    }
+  }
+  const uint32_t total_nodes = impl->nodes * machines;
+  if (uint64_t{cpn} * total_nodes > proc::kMaxCores || total_nodes > 64) {
+    return Status::invalid_argument("at most 64 nodes and " + std::to_string(proc::kMaxCores) +
+                                    " kernel cores over every machine");
+  }
+  impl->base_node = shm ? options.shm.machine * impl->nodes : 0;
+  impl->base_core = impl->base_node * cpn;
 
   mem::MemoryOptions mo{.nodes = impl->nodes, .pool_bytes = options.pool_bytes};
   if (options.topology.numa_available) {
@@ -527,18 +700,43 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
   std::vector<uint32_t> pools;
   for (uint32_t n = 0; n < impl->nodes; ++n) pools.push_back(n);
   logs::LogOptions lo{.entry_size = sizeof(proc::ProcessTable::WriteOp), .slot_count = options.log_slots};
-  lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, impl->nodes);
-  NRX_ASSIGN_OR_RETURN(impl->table, TableGroup::create(lo, impl->make_log_creator()));
-  for (uint32_t n = 0; n < impl->nodes; ++n) {
-    NRX_RETURN_IF_ERROR(impl->table->add_replica(proc::ProcessTable(impl->nodes, cpn), nr::ReplicaOptions{64}).status());
-  }
+  lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, total_nodes);
   fs::FsOptions fo{.logs = options.fs_logs, .replica_pools = pools, .log_slots = options.log_slots};
-  NRX_ASSIGN_OR_RETURN(impl->fs, fs::FileSystem<KernelLog>::create_with(*impl->memory, fo, impl->make_log_creator()));
+  if (!shm) {
+    NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::RingLog>::create(lo, impl->ring_log_creator(), impl->nodes,
+                                                                           total_nodes, cpn));
+    NRX_ASSIGN_OR_RETURN(auto nrfs,
+                         fs::FileSystem<logs::RingLog>::create_with(*impl->memory, fo, impl->ring_log_creator()));
+    impl->fs = std::make_unique<FsPortImpl<logs::RingLog>>(std::move(nrfs));
+  } else {
+    // NR-FS is shared only by the replicas of one kernel process: its namespace operations are CNR
+    // scans, and CNR orders scans by ids it hands out in-process, which two processes cannot agree
+    // on. So with several machines each keeps its own NR-FS (ring logs) and they share the process
+    // table (NR: one log, cross-process safe, tested by shm_multiprocess_test).
+    if (machines == 1) {
+      NRX_ASSIGN_OR_RETURN(auto nrfs,
+                           fs::FileSystem<logs::ShmLog>::create_with(*impl->memory, fo, impl->shm_log_creator("fs")));
+      impl->fs = std::make_unique<FsPortImpl<logs::ShmLog>>(std::move(nrfs));
+    } else {
+      NRX_ASSIGN_OR_RETURN(auto nrfs,
+                           fs::FileSystem<logs::RingLog>::create_with(*impl->memory, fo, impl->ring_log_creator()));
+      impl->fs = std::make_unique<FsPortImpl<logs::RingLog>>(std::move(nrfs));
+    }
+    NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::ShmLog>::create(lo, impl->shm_log_creator("proc"),
+                                                                          impl->nodes, total_nodes, cpn));
+  }
+  // Replica ids on the shared logs -> local nodes (the hooks' nudges). NR-FS's replicas register on
+  // each log in the same order as the table's, so one map serves every log of this kernel.
+  impl->node_of_replica_id.assign(64, -1);
+  for (uint32_t n = 0; n < impl->nodes; ++n) {
+    const logs::ReplicaId id = impl->table->replica_id(n);
+    if (id < impl->node_of_replica_id.size()) impl->node_of_replica_id[id] = static_cast<int32_t>(n);
+  }
 
   {
     MutexLock lock(impl->console_mu);
     for (uint32_t n = 0; n < impl->nodes; ++n) {
-      NRX_ASSIGN_OR_RETURN(nr::ThreadToken t, impl->table->replica(n).register_thread());
+      NRX_ASSIGN_OR_RETURN(nr::ThreadToken t, impl->table->register_thread(n));
       impl->console_table.push_back(t);
       NRX_ASSIGN_OR_RETURN(fs::Handle h, impl->fs->attach(n));
       impl->console_fs.push_back(h);
@@ -589,6 +787,13 @@ Kernel::~Kernel() {
 
 const Topology& Kernel::topology() const { return impl_->options.topology; }
 uint32_t Kernel::nodes() const { return impl_->nodes; }
+uint32_t Kernel::registered_replicas() const { return impl_->table->registered_replicas(); }
+uint32_t Kernel::first_node() const { return impl_->base_node; }
+
+uint64_t Kernel::exited_in_table() {
+  MutexLock lock(impl_->console_mu);
+  return impl_->table->exited(0, impl_->console_table[0]);
+}
 uint32_t Kernel::cores_per_node() const { return impl_->cores_per_node; }
 const mem::Memory& Kernel::memory() const { return *impl_->memory; }
 
@@ -618,7 +823,8 @@ Result<Pid> Kernel::spawn(const Program& program, std::span<const std::byte> ima
 
   // The replicated Create: the pid and the one load offset every replica agrees on.
   Result<proc::ProcessTable::Response> made = k.table_write(
-      proc::ProcessTable::create_op(program.name, img.elf.entry(), img.elf.position_independent(), img.span(), home),
+      proc::ProcessTable::create_op(program.name, img.elf.entry(), img.elf.position_independent(), img.span(),
+                                       k.base_node + home),
       nullptr);
   if (!made.ok()) {
     proc::release_image(img, *k.memory);
@@ -639,7 +845,7 @@ Result<Pid> Kernel::spawn(const Program& program, std::span<const std::byte> ima
   vmem::VspaceOptions vo{.replica_pools = {}, .log = {.entry_size = 64, .slot_count = k.options.log_slots},
                          .max_cores_per_replica = 64};
   for (uint32_t n = 0; n < k.nodes; ++n) vo.replica_pools.push_back(n);
-  Result<std::unique_ptr<KernelVspace>> vs = KernelVspace::create(*k.memory, vo, k.make_log_creator());
+  Result<std::unique_ptr<KernelVspace>> vs = KernelVspace::create(*k.memory, vo, k.ring_log_creator());
   if (!vs.ok()) return fail(vs.status());
   p->vspace = std::move(*vs);
   for (uint32_t n = 0; n < k.nodes; ++n) {
@@ -666,7 +872,8 @@ Result<Pid> Kernel::spawn(const Program& program, std::span<const std::byte> ima
   }
   // One core on each node; a core runs one process (over-subscription is refused).
   for (uint32_t n : nodes) {
-    Result<proc::ProcessTable::Response> core = k.table_write(proc::ProcessTable::alloc_core_op(p->pid, n), nullptr);
+    Result<proc::ProcessTable::Response> core =
+        k.table_write(proc::ProcessTable::alloc_core_op(p->pid, k.base_node + n), nullptr);
     if (!core.ok()) {
       return fail_live(Status(core.status().code(), "no core for process " + std::to_string(p->pid) + " on node " +
                                                          std::to_string(n) + ": " + core.status().message()));
@@ -676,7 +883,7 @@ Result<Pid> Kernel::spawn(const Program& program, std::span<const std::byte> ima
   p->running.store(static_cast<uint32_t>(p->cores.size()), std::memory_order_relaxed);
   k.spawned.fetch_add(1, std::memory_order_relaxed);
   for (uint32_t t = 0; t < p->cores.size(); ++t) {
-    k.cores[p->cores[t]]->mailbox.post({.kind = Mailbox::Message::Kind::kRun, .process = p, .thread = t, .ack = nullptr});
+    k.cores[p->cores[t] - k.base_core]->mailbox.post({.kind = Mailbox::Message::Kind::kRun, .process = p, .thread = t, .ack = nullptr});
   }
   return p->pid;
 }
@@ -710,7 +917,7 @@ Result<ProcessReport> Kernel::kill(Pid pid) {
 
 std::vector<proc::ProcessInfo> Kernel::processes() {
   MutexLock lock(impl_->console_mu);
-  return impl_->table->replica(0).execute(proc::ProcessTable::list_op(), impl_->console_table[0]).processes;
+  return impl_->table->execute(0, proc::ProcessTable::list_op(), impl_->console_table[0]).processes;
 }
 
 Result<std::vector<vmem::Mapping>> Kernel::mappings(Pid pid) {
@@ -729,12 +936,12 @@ Result<std::vector<vmem::Mapping>> Kernel::mappings(Pid pid) {
 }
 
 Result<std::unique_ptr<syscall::ChannelServer>> Kernel::serve_channel(const std::string& path, uint32_t replica) {
-  return syscall::ChannelServer::start(*impl_->fs, replica, {.path = path});
+  return impl_->fs->serve_channel(path, replica);
 }
 
 void Kernel::console_syscall(const nrx_request& request, std::span<std::byte> data, nrx_response& response) {
   MutexLock lock(impl_->console_mu);
-  syscall::execute(*impl_->fs, impl_->console_fs[0], request, data, response, nullptr);
+  impl_->fs->execute(impl_->console_fs[0], request, data, response, nullptr);
 }
 
 ReplicaDigests Kernel::digests() {
@@ -743,10 +950,7 @@ ReplicaDigests Kernel::digests() {
   {
     MutexLock lock(k.console_mu);
     for (uint32_t n = 0; n < k.nodes; ++n) {
-      k.table->replica(n).sync();
-      d.proc.push_back(k.table->replica(n).inspect(k.console_table[n], [](const proc::ProcessTable& t) {
-        return t.digest();
-      }));
+      d.proc.push_back(k.table->digest(n, k.console_table[n]));
       d.fs.push_back(k.fs->digest(k.console_fs[n]));
     }
   }
@@ -788,15 +992,26 @@ KernelStats Kernel::stats() const {
 
 std::string Kernel::describe() const {
   const Impl& k = *impl_;
+  const bool shm = k.options.log == LogBackend::kShm;
+  const std::string replicas = std::to_string(k.nodes) + (k.nodes == 1 ? " replica" : " replicas");
+  const std::string slots = std::to_string(k.options.log_slots) + " slots";
+  const std::string shared = shm ? " shm log" : " ring log";
+  const bool shared_fs = shm && k.options.shm.machines == 1;
   std::string s;
   s += "memory  " + k.memory->describe() + "\n";
-  s += "proc    process table on NR: " + std::to_string(k.nodes) + std::string(k.nodes == 1 ? " replica" : " replicas") + ", 1 ring log of " +
-       std::to_string(k.options.log_slots) + " slots; " + std::to_string(k.nodes * k.cores_per_node) +
-       " kernel cores (" + std::to_string(k.cores_per_node) + " per node)\n";
-  s += "fs      NR-FS on CNR: " + std::to_string(k.nodes) + " replicas, " + std::to_string(k.fs->logs()) +
-       " ring logs of " + std::to_string(k.options.log_slots) + " slots\n";
-  s += "vmem    NR-vMem: one address space per process, " + std::to_string(k.nodes) +
-       " replicas each (x86-64 4-level page tables), 1 ring log of " + std::to_string(k.options.log_slots) + " slots\n";
+  if (shm) {
+    s += "shm     regions " + k.options.shm.region + (k.options.shm.machines == 1 ? ".{proc,fs0..}" : ".proc") +
+         " (coherent), machine " +
+         std::to_string(k.options.shm.machine) + " of " + std::to_string(k.options.shm.machines) + ", nodes " +
+         std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) + " of the cluster\n";
+  }
+  s += "proc    process table on NR: " + replicas + " here, 1" + shared + " of " + slots + "; " +
+       std::to_string(k.nodes * k.cores_per_node) + " kernel cores (" + std::to_string(k.cores_per_node) +
+       " per node)\n";
+  s += "fs      NR-FS on CNR: " + replicas + " here, " + std::to_string(k.fs->logs()) +
+       (shared_fs || !shm ? shared + "s" : " ring logs (this machine's own NR-FS)") + " of " + slots + "\n";
+  s += "vmem    NR-vMem: one address space per process, " + replicas +
+       " each (x86-64 4-level page tables), 1 ring log of " + slots + "\n";
   return s;
 }
 

@@ -59,6 +59,30 @@ namespace nrx::boot {
 
 using Pid = uint64_t;
 
+// Where the kernel's shared logs live (the process table's and NR-FS's; each process's address
+// space keeps a ring log of its own: a process runs on one machine).
+enum class LogBackend : uint8_t {
+  kRing,  // in this process (logs/ring): the single-host kernel
+  kShm,   // in shared-memory regions (logs/shm, coherent): several kernel processes, each a
+          // "machine", share the process table and NR-FS (emulated CXL shared memory)
+};
+
+// kShm: the regions are files |region|.proc and, with one machine, |region|.fs0 .. .fsN-1
+// (transport::Region). With several machines they share the process table (pids, cores) and each
+// keeps its own NR-FS on ring logs: NR-FS's namespace operations are CNR scans, ordered by ids one
+// process hands out, which two processes cannot agree on yet. The
+// kernel that creates them is machine 0; others attach as machines 1..machines-1, each with the
+// same number of nodes; machine m's node n is node m * nodes + n of the shared process table.
+// Attaching works only before the cluster's first operation (there is no state transfer yet):
+// a log that already holds entries is refused.
+struct ShmPlacement {
+  std::string region;        // path prefix, e.g. /dev/shm/nrx
+  bool attach = false;       // join regions another kernel created (else create them)
+  uint32_t machine = 0;      // this kernel's machine number
+  uint32_t machines = 1;     // kernels sharing the regions
+  uint64_t cluster_id = 1;   // must match between them
+};
+
 struct KernelOptions {
   Topology topology = Topology::detect();  // the nodes to boot on (detected, or emulated)
   uint32_t cores_per_node = 0;             // kernel cores per node; 0: the node's CPU count
@@ -66,6 +90,8 @@ struct KernelOptions {
   uint32_t fs_logs = 4;                    // NR-FS's CNR logs
   uint32_t log_slots = 4096;               // per log (a power of two)
   bool pin = true;                         // pin core threads to their node's CPUs
+  LogBackend log = LogBackend::kRing;      // where the process table's and NR-FS's logs live
+  ShmPlacement shm = {};                   // log == kShm
 };
 
 struct SpawnOptions {
@@ -111,13 +137,13 @@ struct ReplicaDigests {
   bool equal() const;
 };
 
-class CoreSys;
-
 class Kernel {
  public:
   // Boots: memory, replicas, core threads (started and registered before this returns).
   // Errors: kInvalidArgument (no nodes, cores_per_node * nodes above the process table's limit,
-  // log_slots not a power of two); memory, log and replica errors.
+  // log_slots not a power of two; kShm: no region, machine >= machines); kShm: the region's
+  // errors (kAlreadyExists... see transport::Region), kFailedPrecondition (attaching to a log
+  // that already holds entries); memory, log and replica errors.
   static Result<std::unique_ptr<Kernel>> create(const KernelOptions& options);
   // Kills every live process, stops and joins the cores.
   ~Kernel();
@@ -125,7 +151,14 @@ class Kernel {
   Kernel& operator=(const Kernel&) = delete;
 
   const Topology& topology() const;
-  uint32_t nodes() const;
+  uint32_t nodes() const;  // this kernel's (local) nodes
+  // kShm: replicas registered on the shared process-table log by every machine (this one's
+  // included); kRing: nodes(). A demo waits until all machines have joined before it starts.
+  uint32_t registered_replicas() const;
+  // The process table's node number of local node 0 (machine * nodes; 0 for kRing).
+  uint32_t first_node() const;
+  // Processes that exited, as the (shared) process table counts them: every machine's.
+  uint64_t exited_in_table();
   uint32_t cores_per_node() const;
   const mem::Memory& memory() const;
 
@@ -147,7 +180,8 @@ class Kernel {
   // Lets other Linux processes reach this kernel's NR-FS: the shared-memory system-call channel at
   // |path| (libnrx, kernel/syscall/libnrx.h), served through replica |replica|. Destroy the server
   // before the kernel. Errors: ChannelServer::start's (kInvalidArgument, kAlreadyExists,
-  // kResourceExhausted when the replica has no thread slots left for its threads).
+  // kResourceExhausted when the replica has no thread slots left for its threads); kUnavailable
+  // with LogBackend::kShm (the channel serves ring-log NR-FS only, for now).
   Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica = 0);
   // One NR-FS system call from the console (replica 0); the process calls are ENOSYS here.
   void console_syscall(const nrx_request& request, std::span<std::byte> data, nrx_response& response);
@@ -158,9 +192,9 @@ class Kernel {
   // "fs: 3 logs ...": one line per subsystem describing its replicas.
   std::string describe() const;
 
+  struct Impl;  // kernel.cc
+
  private:
-  friend class CoreSys;  // a process's system calls on a core (kernel.cc)
-  struct Impl;
   explicit Kernel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

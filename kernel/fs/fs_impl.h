@@ -103,7 +103,12 @@ struct FileSystem<L>::Impl {
 
 template <typename L>
 Result<std::unique_ptr<FileSystem<L>>> FileSystem<L>::create(mem::Memory& memory, const FsOptions& options) {
-  return create_with(memory, options, [](const logs::LogOptions& o) { return L::create(o); });
+  if constexpr (requires(const logs::LogOptions& o) { L::create(o); }) {
+    return create_with(memory, options, [](const logs::LogOptions& o) { return L::create(o); });
+  } else {
+    // A backend whose logs need more than LogOptions (shm: a region) is built with create_with.
+    return fs_error(EINVAL, "this log backend needs create_with (its logs need a region)");
+  }
 }
 
 template <typename L>

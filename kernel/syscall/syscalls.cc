@@ -2,6 +2,9 @@
 // FileSystem call, then the response. See syscalls.h for the contract.
 #include "kernel/syscall/syscalls.h"
 
+#include "logs/ring/ring_log.h"
+#include "logs/shm/shm_log.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
@@ -202,7 +205,8 @@ int64_t run_process_call(ProcessCalls* process, const nrx_request& r) {
   }
 }
 
-int64_t run(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& r, std::span<std::byte> data,
+template <typename L>
+int64_t run(fs::FileSystem<L>& fs, fs::Handle& h, const nrx_request& r, std::span<std::byte> data,
             nrx_response& response, ProcessCalls* process) {
   if (r.sysno == 0 || r.sysno >= NRX_SYS_COUNT) return fail(ENOSYS);
   const CallSpec& call = kCalls[r.sysno];
@@ -340,7 +344,8 @@ int64_t run(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& r, std::span
 
 }  // namespace
 
-void execute(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
+template <typename L>
+void execute(fs::FileSystem<L>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
              nrx_response& response, ProcessCalls* process) {
   response = nrx_response{};
   const int64_t result = run(fs, h, request, data, response, process);
@@ -350,6 +355,12 @@ void execute(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& request, st
   }
   response.result = result;
 }
+
+// The backends NR-FS runs on: the ring (single box) and shared memory (emulated CXL, rack).
+template void execute<logs::RingLog>(fs::FileSystem<logs::RingLog>&, fs::Handle&, const nrx_request&,
+                                     std::span<std::byte>, nrx_response&, ProcessCalls*);
+template void execute<logs::ShmLog>(fs::FileSystem<logs::ShmLog>&, fs::Handle&, const nrx_request&,
+                                    std::span<std::byte>, nrx_response&, ProcessCalls*);
 
 const char* syscall_name(uint32_t sysno) { return sysno < NRX_SYS_COUNT ? kCalls[sysno].name : kCalls[0].name; }
 

@@ -49,7 +49,9 @@ class ProcessCalls {
 // (pread's bytes, readdir's records) into it; |response| is overwritten entirely. Errors are in
 // response.result as -errno (nrx_syscall.h lists them).
 // |process| serves the process and memory calls; without one (the channel, tools) they are ENOSYS.
-void execute(fs::FileSystem<>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
+// L: the log backend NR-FS runs on (instantiated for logs::RingLog and logs::ShmLog).
+template <typename L>
+void execute(fs::FileSystem<L>& fs, fs::Handle& h, const nrx_request& request, std::span<std::byte> data,
              nrx_response& response, ProcessCalls* process = nullptr);
 
 // "open", "pread", ...: the name of syscall number |sysno| ("unknown" outside the table).

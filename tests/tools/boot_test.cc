@@ -207,10 +207,102 @@ TEST(BootChannel, OtherProcessesReachTheBootedKernel) {
   EXPECT_FALSE(std::filesystem::exists(channel)) << "the channel file outlived the kernel";
 }
 
+// Two kernel processes on one shared-memory region (emulated CXL): `nrx boot --log shm --machines 2`
+// and `nrx node --attach`. Each runs the demo on its own nodes and cores; the process table is
+// shared (each machine keeps its own NR-FS, kernel.h says why), so after both finish, every
+// replica in both processes has the same proc digest. Pids come from the one table: no pid
+// appears in both.
+TEST(BootShm, TwoKernelProcessesAgree) {
+  TempDir dir_a, dir_b;
+  const std::string region = "/dev/shm/nrx-boot-test-" + std::to_string(getpid());
+  auto start = [&](const std::vector<std::string>& args, const TempDir& dir) {
+    std::vector<std::string> all = {NRX_BINARY};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    const std::string out = dir.path() + "/stdout.txt", err = dir.path() + "/stderr.txt";
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = 0;
+    EXPECT_EQ(posix_spawn(&pid, NRX_BINARY, &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+  };
+  const pid_t a = start({"boot", "--log", "shm", "--region", region, "--machines", "2", "--nodes", "2",
+                         "--cores-per-node", "1", "--duration", "0.6", "--json"},
+                        dir_a);
+  // The node attaches once the regions exist (polled, with a deadline).
+  const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
+  while (!std::filesystem::exists(region + ".proc") && std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(a, &status, WNOHANG) == a) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const pid_t b = start({"node", "--attach", region, "--machine", "1", "--machines", "2", "--nodes", "2",
+                         "--cores-per-node", "1", "--duration", "0.6", "--json"},
+                        dir_b);
+  auto finish = [&](pid_t pid) {
+    int status = 0;
+    for (;;) {
+      if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        (void)waitpid(pid, &status, 0);
+        return -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the child, with a deadline
+    }
+  };
+  const int rc_a = finish(a), rc_b = finish(b);
+  const std::string out_a = test::read_file(dir_a.path() + "/stdout.txt");
+  const std::string out_b = test::read_file(dir_b.path() + "/stdout.txt");
+  const std::string err_a = test::read_file(dir_a.path() + "/stderr.txt");
+  const std::string err_b = test::read_file(dir_b.path() + "/stderr.txt");
+  ASSERT_EQ(rc_a, 0) << out_a << err_a;
+  ASSERT_EQ(rc_b, 0) << out_b << err_b;
+  for (const std::string* out : {&out_a, &out_b}) {
+    JsonChecker check(*out);
+    ASSERT_TRUE(check.valid()) << *out;
+    EXPECT_NE(out->find("\"log\":\"shm\""), std::string::npos);
+    EXPECT_NE(out->find("\"digests_equal\":true"), std::string::npos) << *out;
+  }
+  EXPECT_NE(out_b.find("\"machine\":1"), std::string::npos);
+  EXPECT_NE(out_b.find("\"first_node\":2"), std::string::npos) << out_b;
+  const size_t sub_a = out_a.find("\"subsystems\""), sub_b = out_b.find("\"subsystems\"");
+  ASSERT_NE(sub_a, std::string::npos);
+  ASSERT_NE(sub_b, std::string::npos);
+  for (const char* subsystem : {"\"proc\""}) {
+    const auto da = array_after(out_a.substr(sub_a), subsystem, "digests");
+    const auto db = array_after(out_b.substr(sub_b), subsystem, "digests");
+    ASSERT_EQ(da.size(), 2u) << subsystem;
+    ASSERT_EQ(db.size(), 2u) << subsystem;
+    EXPECT_EQ(da.front(), db.front()) << subsystem << ": the two kernel processes disagree";
+  }
+  // The shared process table handed out distinct pids: machine 0's demo took three, machine 1's
+  // three others.
+  auto pids = [](const std::string& out) {
+    std::vector<long long> v;
+    for (size_t at = out.find("\"pid\":"); at != std::string::npos; at = out.find("\"pid\":", at + 1)) {
+      v.push_back(number_after(out, "\"pid\":", at));
+    }
+    return v;
+  };
+  const auto pa = pids(out_a), pb = pids(out_b);
+  EXPECT_EQ(pa.size(), 3u);
+  EXPECT_EQ(pb.size(), 3u);
+  for (long long p : pa) EXPECT_EQ(std::count(pb.begin(), pb.end(), p), 0) << "pid " << p << " in both";
+  EXPECT_FALSE(std::filesystem::exists(region + ".proc")) << "the creator leaves no region behind";
+}
+
 TEST(BootUsage, BadInputExitsTwoWithOneLine) {
   const std::vector<std::vector<std::string>> bad = {
       {"--nodes", "0"},       {"--nodes", "x"},         {"--duration", "-1"}, {"--duration", "abc"},
-      {"--log", "tape"},      {"--log", "shm"},         {"--memory", "3"},    {"--cores-per-node", "0"},
+      {"--log", "tape"},      {"--log", "rdma"},        {"--memory", "3"},    {"--cores-per-node", "0"},
+      {"--region", "/dev/shm/x"},  {"--log", "shm", "--machines", "0"},  {"--log", "shm", "--machines", "65"},
       {"--no-such-option"},   {"positional"},
   };
   for (const auto& args : bad) {

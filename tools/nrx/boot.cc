@@ -17,6 +17,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernel/boot/kernel.h"
@@ -281,17 +282,58 @@ int shell(boot::Kernel& kernel, std::span<const std::byte> image, bool json) {
 
 }  // namespace
 
-int run_boot(const std::vector<std::string>& args) {
-  cli::Command cmd("boot",
-                   "Boot the nrx kernel on this machine's NUMA topology: one replica per node of the process\n"
-                   "table (NR), NR-FS (CNR) and every process's address space (NR-vMem), kernel cores as\n"
-                   "pinned threads. Then run the demo: the built-in programs fsbench, mapbench and kv, each a\n"
-                   "process loaded from a real ELF image with one core on every node. Checks that all replicas\n"
-                   "agree and prints a summary. Exits 0 when every check passes, 1 when one fails.");
+// Polls |done| every 20 ms until it holds or |deadline| passes (a wait for other processes, which
+// have no way to wake this one).
+template <typename F>
+bool wait_until(F&& done, Clock::time_point deadline) {
+  while (!done()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// Every machine of a shm cluster runs the same demo (builtin_programs(), each once); the shared
+// process table counts exits. Once it has counted every machine's, nobody logs to it any more,
+// and every replica, synced, must equal every other. Errors: kDeadlineExceeded.
+Status cluster_barrier(boot::Kernel& kernel, uint32_t machines, Clock::time_point deadline) {
+  const uint64_t want = uint64_t{machines} * boot::builtin_programs().size();
+  if (!wait_until([&] { return kernel.exited_in_table() >= want; }, deadline)) {
+    return Status::deadline_exceeded("the other machines did not finish their demos in time");
+  }
+  return Status::ok_status();
+}
+
+int run_kernel(const char* name, const std::vector<std::string>& args) {
+  const bool node_cmd = std::string(name) == "node";
+  cli::Command cmd(name,
+                   node_cmd
+                       ? "Start another nrx kernel process on the shared-memory regions a `nrx boot --log shm`\n"
+                         "created: a second \"machine\" on this host whose replicas join the same process-table\n"
+                         "and NR-FS logs (emulated CXL shared memory). It runs the demo on its own nodes and cores,\n"
+                         "waits until every machine is done, and checks that its replicas agree with each other;\n"
+                         "compare its digests with the other machines'. Exits 0 when every check passes."
+                       : "Boot the nrx kernel on this machine's NUMA topology: one replica per node of the process\n"
+                         "table (NR), NR-FS (CNR) and every process's address space (NR-vMem), kernel cores as\n"
+                         "pinned threads. Then run the demo: the built-in programs fsbench, mapbench and kv, each a\n"
+                         "process loaded from a real ELF image with one core on every node. Checks that all replicas\n"
+                         "agree and prints a summary. Exits 0 when every check passes, 1 when one fails.");
+  if (node_cmd) {
+    cmd.option("attach", "PATH", "the region prefix `nrx boot --log shm --region PATH` created (required)");
+    cmd.option("machine", "K", "this kernel's machine number (1..machines-1)", "1");
+    cmd.option("machines", "M", "kernel processes sharing the regions", "2");
+  }
   cmd.option("nodes", "N", "NUMA nodes (replicas); more than the machine has are emulated", "detected");
   cmd.option("cores-per-node", "C", "kernel cores per node (threads pinned to the node's cpus)", "cpus per node");
   cmd.option("duration", "SECONDS", "how long the demo's programs run in all (a third each)", "3");
-  cmd.option("log", "BACKEND", "operation-log backend: ring (shm and rdma come with the rack issues)", "ring");
+  if (!node_cmd) {
+    cmd.option("log", "BACKEND",
+               "operation-log backend of the process table and NR-FS: ring, or shm (shared-memory regions\n"
+               "      that `nrx node --attach` processes join); rdma comes with its issue",
+               "ring");
+    cmd.option("region", "PATH", "--log shm: the region files' prefix (PATH.proc, PATH.fs0, ...)", "/dev/shm/nrx");
+    cmd.option("machines", "M", "--log shm: wait for M-1 `nrx node` processes before the demo", "1");
+  }
   cmd.option("memory", "MIB", "physical memory per node, in MiB (a multiple of 2)", "256");
   cmd.option("seed", "S", "random seed of the programs", "1");
   cmd.option("channel", "PATH",
@@ -314,13 +356,30 @@ int run_boot(const std::vector<std::string>& args) {
   if (*memory_mib % 2 != 0) return cli::fail(cmd, Status::invalid_argument("--memory must be a multiple of 2 MiB"));
   Result<double> duration = parse_seconds(cmd, "duration", 3.0);
   if (!duration.ok()) return cli::fail(cmd, duration.status());
-  const std::string log = cmd.get("log").value_or("ring");
-  if (log == "shm" || log == "rdma") {
-    return cli::fail(cmd, Status::unavailable("--log " + log +
-                                                " is not available yet: the kernel boots on the ring log only (the " +
-                                                log + " backend is its own issue)"));
+  const std::string log = node_cmd ? "shm" : cmd.get("log").value_or("ring");
+  if (log == "rdma") {
+    return cli::fail(cmd, Status::unavailable("--log rdma is not available yet (the RDMA backend is its own issue)"));
   }
-  if (log != "ring") return cli::fail(cmd, Status::invalid_argument("--log must be ring, shm or rdma, not '" + log + "'"));
+  if (log != "ring" && log != "shm") {
+    return cli::fail(cmd, Status::invalid_argument("--log must be ring, shm or rdma, not '" + log + "'"));
+  }
+  boot::ShmPlacement shm;
+  if (log == "shm") {
+    auto machines = cmd.get_u64("machines", node_cmd ? 2 : 1, node_cmd ? 2 : 1, 64);
+    auto machine = cmd.get_u64("machine", node_cmd ? 1 : 0, node_cmd ? 1 : 0, 63);
+    if (!machines.ok()) return cli::fail(cmd, machines.status());
+    if (!machine.ok()) return cli::fail(cmd, machine.status());
+    if (*machine >= *machines) {
+      return cli::fail(cmd, Status::invalid_argument("--machine must be below --machines"));
+    }
+    shm.machines = static_cast<uint32_t>(*machines);
+    shm.machine = static_cast<uint32_t>(*machine);
+    shm.attach = node_cmd;
+    shm.region = cmd.get(node_cmd ? "attach" : "region").value_or(node_cmd ? "" : "/dev/shm/nrx");
+    if (shm.region.empty()) return cli::fail(cmd, Status::invalid_argument("--attach PATH is required"));
+  } else if (cmd.has("region") || cmd.has("machines")) {
+    return cli::fail(cmd, Status::invalid_argument("--region and --machines go with --log shm"));
+  }
   const bool json = cmd.flag_set("json");
   const bool interactive = cmd.flag_set("interactive");
 
@@ -332,13 +391,18 @@ int run_boot(const std::vector<std::string>& args) {
   }
   Result<std::vector<std::byte>> image = read_self();
   if (!image.ok()) {
-    std::fprintf(stderr, "nrx boot: %s\n", image.status().to_string().c_str());
+    std::fprintf(stderr, "nrx %s: %s\n", name, image.status().to_string().c_str());
     return 1;
   }
   // Progress goes to stderr with --json (stdout is the JSON object), to stdout otherwise.
   FILE* progress = json ? stderr : stdout;
   const uint32_t steps = interactive ? 2 : 5;
-  std::fprintf(progress, "nrx boot: the single-host node-replicated kernel\n");
+  if (node_cmd) {
+    std::fprintf(progress, "nrx node: machine %u of %u on %s\n", shm.machine, shm.machines, shm.region.c_str());
+  } else {
+    std::fprintf(progress, "nrx boot: the %s node-replicated kernel\n",
+                 log == "shm" ? "shared-memory (emulated CXL)" : "single-host");
+  }
   std::fprintf(progress, "topology   %s\n", topo.describe().c_str());
   std::fprintf(progress, "[1/%u] booting: memory, replicas, kernel cores ... ", steps);
   std::fflush(progress);
@@ -346,10 +410,12 @@ int run_boot(const std::vector<std::string>& args) {
   boot::KernelOptions ko{.topology = topo,
                          .cores_per_node = cmd.has("cores-per-node") ? static_cast<uint32_t>(*cpn) : 0,
                          .pool_bytes = *memory_mib << 20};
+  ko.log = log == "shm" ? boot::LogBackend::kShm : boot::LogBackend::kRing;
+  ko.shm = shm;
   Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
   if (!made.ok()) {
     std::fprintf(progress, "failed\n");
-    std::fprintf(stderr, "nrx boot: %s\n", made.status().to_string().c_str());
+    std::fprintf(stderr, "nrx %s: %s\n", name, made.status().to_string().c_str());
     return 1;
   }
   boot::Kernel& kernel = **made;
@@ -359,7 +425,7 @@ int run_boot(const std::vector<std::string>& args) {
   if (std::optional<std::string> path = cmd.get("channel")) {
     Result<std::unique_ptr<syscall::ChannelServer>> server = kernel.serve_channel(*path);
     if (!server.ok()) {
-      std::fprintf(stderr, "nrx boot: cannot serve the channel: %s\n", server.status().to_string().c_str());
+      std::fprintf(stderr, "nrx %s: cannot serve the channel: %s\n", name, server.status().to_string().c_str());
       return 1;
     }
     channel = std::move(*server);
@@ -374,6 +440,20 @@ int run_boot(const std::vector<std::string>& args) {
     if (first_error.empty()) first_error = why;
     ok = false;
   };
+  if (shm.machines > 1) {
+    // Every machine's replicas must be on the logs before anyone logs (no state transfer yet).
+    const uint32_t want = shm.machines * kernel.nodes();
+    std::fprintf(progress, "      waiting for %u machines to join (%s) ... ", shm.machines,
+                 node_cmd ? "the others" : ("nrx node --attach " + shm.region).c_str());
+    std::fflush(progress);
+    if (!wait_until([&] { return kernel.registered_replicas() >= want; }, Clock::now() + std::chrono::minutes(5))) {
+      std::fprintf(progress, "timed out\n");
+      std::fprintf(stderr, "nrx %s: only %u of %u replicas joined within 5 minutes\n", name,
+                   kernel.registered_replicas(), want);
+      return 1;
+    }
+    std::fprintf(progress, "all %u replicas joined\n", want);
+  }
   const Clock::time_point w0 = Clock::now();
   if (interactive) {
     std::fprintf(progress, "[2/%u] shell\n", steps);
@@ -411,6 +491,13 @@ int run_boot(const std::vector<std::string>& args) {
     }
   }
   totals.seconds = std::chrono::duration<double>(Clock::now() - w0).count();
+  if (shm.machines > 1 && !interactive) {
+    std::fprintf(progress, "      waiting for every machine to finish ... ");
+    std::fflush(progress);
+    Status st = cluster_barrier(kernel, shm.machines, Clock::now() + std::chrono::minutes(5));
+    std::fprintf(progress, "%s\n", st.ok() ? "done" : st.to_string().c_str());
+    if (!st.ok()) failed(st.to_string());
+  }
   std::fprintf(progress, "[%u/%u] checking that every replica agrees ... ", steps, steps);
   std::fflush(progress);
   const boot::ReplicaDigests d = kernel.digests();
@@ -423,8 +510,10 @@ int run_boot(const std::vector<std::string>& args) {
   if (json) {
     std::printf("{\"topology\":{\"nodes\":%u,\"emulated\":%s,\"cpus\":%zu,\"description\":\"%s\"},", replicas,
                 topo.emulated ? "true" : "false", topo.cpu_count(), topo.describe().c_str());
-    std::printf("\"replicas\":%u,\"cores\":%u,\"cores_per_node\":%u,\"log\":\"ring\",\"seconds\":%.3f,", replicas,
-                replicas * kernel.cores_per_node(), kernel.cores_per_node(), secs);
+    std::printf("\"replicas\":%u,\"cores\":%u,\"cores_per_node\":%u,\"log\":\"%s\",\"machine\":%u,\"machines\":%u,"
+                "\"first_node\":%u,\"seconds\":%.3f,",
+                replicas, replicas * kernel.cores_per_node(), kernel.cores_per_node(), log.c_str(), shm.machine,
+                shm.machines, kernel.first_node(), secs);
     std::printf("\"processes\":[");
     for (size_t i = 0; i < totals.reports.size(); ++i) {
       const boot::ProcessReport& r = totals.reports[i];
@@ -453,8 +542,8 @@ int run_boot(const std::vector<std::string>& args) {
     std::printf("}\n");
     return ok ? 0 : 1;
   }
-  std::printf("\nsummary    %u replica%s (one per node), %u kernel cores, ring logs, %.2f s %s\n", replicas,
-              replicas == 1 ? "" : "s", replicas * kernel.cores_per_node(), secs,
+  std::printf("\nsummary    %u replica%s (one per node), %u kernel cores, %s logs, %.2f s %s\n", replicas,
+              replicas == 1 ? "" : "s", replicas * kernel.cores_per_node(), log.c_str(), secs,
               interactive ? "in the shell" : "of programs");
   std::printf("proc       %" PRIu64 " processes spawned, %" PRIu64 " exited (%" PRIu64 " getpid/exit calls)\n",
               s.processes_spawned, s.processes_exited, s.proc_calls);
@@ -476,5 +565,8 @@ int run_boot(const std::vector<std::string>& args) {
   std::printf("result     %s\n", ok ? "OK" : "FAILED");
   return ok ? 0 : 1;
 }
+
+int run_boot(const std::vector<std::string>& args) { return run_kernel("boot", args); }
+int run_node(const std::vector<std::string>& args) { return run_kernel("node", args); }
 
 }  // namespace nrx::tools
