@@ -26,8 +26,9 @@ int64_t Sys::path_call(uint32_t sysno, std::string_view path, std::string_view p
   req.flags = flags;
   req.path_len = static_cast<uint32_t>(path.size());
   req.path2_len = static_cast<uint32_t>(path2.size());
-  std::memcpy(data_.data(), path.data(), path.size());
-  std::memcpy(data_.data() + path.size(), path2.data(), path2.size());
+  // (An empty string_view may have a null data(): memcpy must not see it, even for 0 bytes.)
+  if (!path.empty()) std::memcpy(data_.data(), path.data(), path.size());
+  if (!path2.empty()) std::memcpy(data_.data() + path.size(), path2.data(), path2.size());
   return call(req, response);
 }
 
@@ -69,7 +70,7 @@ int64_t Sys::pread(uint64_t ino, std::span<std::byte> out, uint64_t offset) {
 
 int64_t Sys::pwrite(uint64_t ino, std::span<const std::byte> in, uint64_t offset) {
   const size_t n = std::min<size_t>(in.size(), NRX_MAX_IO);
-  std::memcpy(data_.data(), in.data(), n);
+  if (n > 0) std::memcpy(data_.data(), in.data(), n);
   nrx_request req{};
   req.sysno = NRX_SYS_PWRITE;
   req.ino = ino;
