@@ -87,7 +87,12 @@ class TablePortImpl final : public TablePort {
                                        nr::ThreadToken token) override {
     return group_->replica(node).execute(op, token);
   }
-  void try_sync(uint32_t node) override { (void)group_->replica(node).try_sync(); }
+  void try_sync(uint32_t node) override {
+    (void)group_->replica(node).try_sync();
+    // A shared log fences replicas whose heartbeat stops (logs/shm): an idle core's tick is this
+    // kernel's heartbeat, well inside the lease.
+    if constexpr (requires(L& log) { log.heartbeat(); }) (void)group_->log().heartbeat();
+  }
   uint64_t digest(uint32_t node, nr::ThreadToken token) override {
     group_->replica(node).sync();
     return group_->replica(node).inspect(token, [](const proc::ProcessTable& t) { return t.digest(); });

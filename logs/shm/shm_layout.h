@@ -53,7 +53,7 @@ namespace nrx::logs::shm {
 // "NRXSHLOG" read as a little-endian uint64_t.
 inline constexpr uint64_t kMagic = 0x474F4C485358524EULL;
 // Bumped whenever any struct or rule in this file changes meaning.
-inline constexpr uint32_t kLayoutVersion = 2;  // 2: noncoherent-mode sections
+inline constexpr uint32_t kLayoutVersion = 3;  // 2: noncoherent-mode sections; 3: fencing words
 // Entries are at most this long (as the ring).
 inline constexpr uint32_t kMaxEntrySize = 4096;
 // Largest slot_count: 2^31 (slot indices and strides stay within 64-bit offsets by far).
@@ -125,10 +125,15 @@ static_assert(std::is_trivially_copyable_v<IndexLine>);
 static_assert(sizeof(IndexLine) == kInterferenceSize);
 static_assert(alignof(IndexLine) == kInterferenceSize);
 
-// Who is in the log. |gc_lock| is 0 when free, else the holder's pid: it serialises raising the
-// cached head with joining and leaving, so a head value that authorises a reservation was never
-// computed without a replica that had already joined (see shm_log.h). |active| has bit r set
-// while replica r is registered; it is changed only under |gc_lock|.
+// Who is in the log. |gc_lock| is 0 when free, else gc_lock_word(holder's host tag, pid): it
+// serialises raising the cached head with joining, leaving and fencing, so a head value that
+// authorises a reservation was never computed without a replica that had already joined (see
+// shm_log.h). A fencer on the same host (equal tag) breaks it when that pid is gone. |active| has
+// bit r set while replica r is registered; it is changed only under |gc_lock|.
+inline constexpr unsigned kGcLockHostShift = 32;  // bits 32..63: host tag (never 0); 0..31: pid
+constexpr uint64_t gc_lock_word(uint32_t host_tag, uint32_t pid) {
+  return (uint64_t{host_tag} << kGcLockHostShift) | pid;
+}
 struct alignas(kInterferenceSize) MembershipLine {
   uint64_t gc_lock;
   uint64_t active;
@@ -246,23 +251,42 @@ static_assert(std::is_trivially_copyable_v<ClientResponseLine>);
 static_assert(sizeof(ClientResponseLine) == kInterferenceSize);
 static_assert(offsetof(ClientResponseLine, value) == 16);
 
-// Registration and liveness of one replica id. Informational today (the |active| mask is the
-// truth); the fencing work (DESIGN 5) uses |state|, |owner_pid| and |heartbeat|.
-enum class ReplicaState : uint64_t { kFree = 0, kActive = 1, kFenced = 2 };
+// Registration, liveness and the pending reservation of one replica id (coherent-mode fencing,
+// shm_log.h). Written by the owner: |heartbeat| (changes while the owner lives), |reserve_first|
+// and |reserve_count| (the batch it is about to reserve or has reserved, stored BEFORE the CAS on
+// the tail, so whoever fences a dead owner knows which unpublished slots may be its own).
+// Written under the GC lock: |state|, |owner_pid|, |host|, |incarnation| (bumped by every
+// registration AND every fencing: an owner whose remembered incarnation differs is fenced).
+enum class ReplicaState : uint64_t {
+  kFree = 0,
+  kActive = 1,
+  kFenced = 2,  // out of the active mask; some of its reserved slots may still need no-ops
+};
 struct alignas(kInterferenceSize) ReplicaLine {
-  uint64_t state;        // ReplicaState
-  uint64_t owner_pid;    // the process that registered it
-  uint64_t incarnation;  // registrations of this id so far
-  uint64_t heartbeat;    // reserved for leases: 0 today
-  uint64_t reserved[12];
+  uint64_t state;          // ReplicaState
+  uint64_t owner_pid;      // the process that registered it
+  uint64_t incarnation;    // registrations + fencings of this id so far
+  uint64_t heartbeat;      // any change means "alive"; the fencer times it with its own clock
+  uint64_t host;           // the owner's host tag (pid namespace + boot): pids compare only within one
+  uint64_t reserve_first;  // the owner's latest reservation (attempt): [first, first + count)
+  uint64_t reserve_count;
+  uint64_t reserved[9];
 };
 static_assert(std::is_trivially_copyable_v<ReplicaLine>);
 static_assert(sizeof(ReplicaLine) == kInterferenceSize);
 static_assert(offsetof(ReplicaLine, owner_pid) == 8);
+static_assert(offsetof(ReplicaLine, heartbeat) == 24);
+static_assert(offsetof(ReplicaLine, host) == 32);
+static_assert(offsetof(ReplicaLine, reserve_first) == 40);
+static_assert(offsetof(ReplicaLine, reserve_count) == 48);
 
 // The start of every slot (as the ring's). |alive| is the per-lap marker: the entry at index i is
 // live when it equals i / slot_count + 1 (0: never written); |writer| and |length| are published
-// by the release store to |alive|.
+// by the release store to |alive|. Coherent mode publishes with a CAS from the previous lap's
+// value, and a fencer fills a dead appender's slot with lap | kAliveNoop (a CAS too): exactly one
+// of them wins, and readers skip a no-op without calling the visitor.
+inline constexpr uint64_t kAliveNoop = uint64_t{1} << 63;  // bit 63: a fenced writer's no-op entry
+inline constexpr uint64_t kAliveLapMask = kAliveNoop - 1;  // bits 0..62: the lap
 struct SlotHeader {
   uint64_t alive;
   uint32_t writer;

@@ -15,8 +15,9 @@
 //    a replica joining at head (the ring's rule) never finds its first slot already reused. The
 //    lock is only touched when the log is full, or to join/leave; an append that cannot take it
 //    keeps the old head (and waits, bounded by full_timeout). The lock word holds the owner's
-//    pid, so the fencing work can break it for a dead owner; until then a process dying inside
-//    that few-instruction section stalls appends until their full_timeout.
+//    pid and host tag, so a process on the same host breaks it once that pid is gone (see
+//    "Crash fencing"); a holder on another host that dies inside it still stalls joins until
+//    their full_timeout (nothing there tells a dead holder from a slow one).
 //  - A replica id belongs to the ShmLog object (so the process) that registered it: append,
 //    exec, exec_while and payload_release accept only ids registered through this object
 //    (kNotFound otherwise); ltail, head and is_synced_for_reads see every process's replicas.
@@ -60,10 +61,17 @@
 //    mark equals its generation, which the sequencer checks before granting the slot again.
 //  - Entries: slots between a grant and their reuse are written only by the grantee; alive
 //    marker last, each flushed.
-// Residual risks (documented, for the fencing work): a client or appender whose host dies between
-// a grant and its use leaks a payload slot or leaves reserved indices unpublished (readers wait,
-// as in coherent mode, until the cluster fences it); a sequencer that stalls for more than
-// full_timeout between reading a request and granting it may grant one its appender withdrew.
+// Residual risks: a client or appender whose host dies between a grant and its use leaks a
+// payload slot or leaves reserved indices unpublished (readers wait until the cluster fences
+// it); a sequencer that stalls for more than full_timeout between reading a request and granting
+// it may grant one its appender withdrew. Fencing here is NOT implemented (fence_dead returns
+// kUnimplemented): it would have to run in the sequencer (the only writer of the membership,
+// SequencerLine::active), which would drop a dead replica from |active| and, since a sequencer
+// knows every grant it made, write the no-ops for a dead grantee's unpublished range itself;
+// the grantee's publish must then be made conditional without an RMW (e.g. the sequencer
+// withholds the range's slots until the grantee confirms, or entries carry the incarnation and
+// readers ignore a fenced incarnation's entries), and zombies are told by an incarnation bump
+// the sequencer writes into the replica's ResponseLine.
 //
 // Everything read from the region is checked before use: attach() validates the header (magic,
 // version, checksum, geometry, offsets against the geometry, region size, mode, cluster); an
@@ -75,10 +83,40 @@
 // modes (the mode is in the header, chosen at create()); tests count read-modify-writes with a
 // counting policy.
 //
-// Per-process state (the lagging-replica hook, full_timeout) is not in the region; what must
-// match between sharers (entry_size, slot_count, max_replicas, payload geometry, log_id) comes
-// from the header on attach. A process that exits leaves its replicas registered (as a crashed
-// machine would) until deregister_replica or, later, fencing.
+// Crash fencing (coherent mode; DESIGN 5 on one region). A process that dies leaves its replicas
+// registered and may leave indices it reserved unpublished; fencing removes both obstacles:
+//  - Liveness: each registered replica's ReplicaLine has a |heartbeat| word its owner changes (a
+//    plain load + store, no read-modify-write) on every append, exec, exec_while and
+//    payload_release, while it waits in those, and in heartbeat(). THE RULE: an owner whose
+//    replica may sit idle calls heartbeat() at least every lease / 2 (the kernel's idle loop),
+//    or it is fenced once the lease runs out. The lease (ShmOptions/ShmAttachOptions::lease) is
+//    per process and measured with the FENCER's steady clock ("unchanged for lease since I first
+//    saw this value"), so hosts need no common clock; the first look only starts the timer.
+//  - Death on one host: a replica whose owner shares our host tag (boot id + pid namespace,
+//    ReplicaLine::host) and whose pid is gone (kill(pid, 0) == ESRCH, or a zombie) is dead at
+//    once. The same test breaks a GC lock whose holder (pid and host tag in the lock word) died.
+//  - fence_dead(lease) fences every dead replica not owned by this object: under the GC lock its
+//    active bit is cleared (it leaves the GC minimum), its state becomes kFenced and its
+//    incarnation is bumped; then the payloads it held are released for it, and every index in
+//    its recorded reservation [reserve_first, +count) that is below the tail, unpublished, and
+//    covered by no live replica's reservation record is filled with a no-op (alive = lap |
+//    kAliveNoop, by CAS; exec skips it). An appender records its reservation BEFORE its CAS on the
+//    tail, so the owner of every reserved index is known: a live owner (it publishes) or a fenced
+//    one (no-op). The id becomes free (kFree) once no slot of its reservation is left pending.
+//    append's full-log wait and exec's wait for an unpublished entry call it themselves (every
+//    lease / 8), so a survivor resumes within about a lease of the death.
+//  - A zombie (fenced, then woke up) cannot write: every operation of a fenced replica returns
+//    kFailedPrecondition ("fenced"); a publish is a CAS that fails once a no-op is there; an
+//    appender that finds itself fenced right after reserving fills its own range with no-ops;
+//    the ltail store is a CAS, so it never lands on a re-registered id. Residual risk (no
+//    hardware write protection on shared memory): a zombie stalled between its checks and its
+//    memcpy for a whole lap of the log can scribble over the entry bytes of a reused slot; and a
+//    zombie that wakes, reserves after the fencer resolved its record, then dies again before
+//    its own check leaves holes. Noncoherent mode has no fencing yet (see below).
+//
+// Per-process state (the lagging-replica hook, full_timeout, lease) is not in the region; what
+// must match between sharers (entry_size, slot_count, max_replicas, payload geometry, log_id)
+// comes from the header on attach.
 //
 // Thread safety: as Log. create/attach/destruction are set-up steps. The region must stay mapped
 // while the log exists (ShmOptions::keep_alive can own the mapping).
@@ -97,6 +135,7 @@
 #include <memory>
 #include <span>
 #include <thread>
+#include <vector>
 
 #include "base/mutex.h"
 #include "base/status.h"
@@ -122,6 +161,9 @@ struct ShmOptions {
   uint64_t epoch = 0;
   // Kept alive as long as the log (e.g. the object that owns the mapping). May be empty.
   std::shared_ptr<void> keep_alive{};
+  // How long another replica's heartbeat may stay unchanged before this object fences it (see
+  // "Crash fencing"). Per process; > 0.
+  std::chrono::nanoseconds lease = std::chrono::seconds(2);
 };
 
 // What attach() needs: the expected identity, and the per-process options.
@@ -136,6 +178,7 @@ struct ShmAttachOptions {
   std::chrono::nanoseconds full_timeout = std::chrono::seconds(10);  // as LogOptions
   LaggingReplicaHook on_lagging{};                                   // as LogOptions
   std::shared_ptr<void> keep_alive{};                                // as ShmOptions
+  std::chrono::nanoseconds lease = std::chrono::seconds(2);          // as ShmOptions
 };
 
 template <typename Access>
@@ -223,11 +266,64 @@ class BasicShmLog final : public Log {
   // the bounded waits: every sharer's appends then fail with kDeadlineExceeded). No-op otherwise.
   void stop_sequencer();
 
+  // ---- Crash fencing (coherent mode; see "Crash fencing" above) ----
+  // Marks every replica registered through this object alive (the kernel's idle loop calls it at
+  // least every lease / 2). Errors: kFailedPrecondition naming the first of them that was fenced
+  // (the others still beat).
+  Status heartbeat();
+  // Fences every replica, not owned by this object, whose owner is gone (same host, pid gone) or
+  // whose heartbeat this object has seen unchanged for |lease|, and finishes earlier fencings
+  // whose reserved slots were still covered by a live appender's record. Bounded: takes the GC
+  // lock (breaking it for a dead holder on this host) for at most full_timeout.
+  // Errors: kUnimplemented (noncoherent mode), kInvalidArgument (|lease| <= 0), kUnavailable (the
+  // GC lock stayed held by a live process past full_timeout).
+  Status fence_dead(std::chrono::nanoseconds lease);
+  // Replicas this object has fenced so far (statistics, tests).
+  uint64_t fenced_count() const { return fenced_count_.load(std::memory_order_relaxed); }
+  // Tests only: the |nth| append (1-based, counted over this object) from now on "crashes" right
+  // after reserving its indices: it publishes the first |publish| entries of its batch (at most
+  // all but one), then raises SIGKILL on the process when |kill|, else returns kAborted and
+  // leaves the rest unpublished (the object then plays dead: its owner must stop using it).
+  void crash_in_append_for_testing(uint64_t nth, uint32_t publish, bool kill);
+
  private:
-  struct Sequencer;  // the sequencer's private state (shm_log_impl.h)
+  // The sequencer's private state (noncoherent creator only). Complete here, not in
+  // shm_log_impl.h, so that clang's -Wthread-safety can name its mutex in the declarations below.
+  struct Sequencer {
+    explicit Sequencer(const shm::Geometry& g)
+        : answered(g.max_replicas, 0),
+          incarnation(g.max_replicas, 0),
+          join_start(g.max_replicas, 0),
+          owner(g.max_replicas, 0),
+          client_answered(shm::kMaxClients, 0),
+          payload_generation(g.payload_slots, 0) {}
+
+    struct Answer {
+      bool client;   // a client answer (else a replica's reservation answer)
+      uint32_t who;  // client slot or replica id
+      uint64_t seq;
+      uint64_t status;
+      uint64_t value[3];
+    };
+
+    Mutex mu;
+    LogIndex tail NRX_GUARDED_BY(mu) = 0;
+    uint64_t active NRX_GUARDED_BY(mu) = 0;
+    uint64_t ever NRX_GUARDED_BY(mu) = 0;
+    uint64_t passes NRX_GUARDED_BY(mu) = 0;
+    uint32_t next_replica NRX_GUARDED_BY(mu) = 0;  // round-robin start of the next pass
+    uint64_t payload_hint NRX_GUARDED_BY(mu) = 0;
+    std::vector<uint64_t> answered NRX_GUARDED_BY(mu);     // per replica: last request number answered
+    std::vector<uint64_t> incarnation NRX_GUARDED_BY(mu);  // per replica: the join granted last
+    std::vector<LogIndex> join_start NRX_GUARDED_BY(mu);   // per replica: its ltail until it confirms
+    std::vector<uint32_t> owner NRX_GUARDED_BY(mu);        // per replica: the client that joined it
+    std::vector<uint64_t> client_answered NRX_GUARDED_BY(mu);
+    std::vector<uint64_t> payload_generation NRX_GUARDED_BY(mu);  // per slot: last granted (0: never)
+    std::vector<Answer> answers NRX_GUARDED_BY(mu);                // this pass's, written at its end
+  };
 
   BasicShmLog(std::byte* base, const shm::Geometry& geo, LogOptions options, uint64_t cluster_id, uint64_t epoch,
-              ShmMode mode, uint32_t client, std::shared_ptr<void> keep_alive);
+              ShmMode mode, uint32_t client, std::chrono::nanoseconds lease, std::shared_ptr<void> keep_alive);
 
   bool noncoherent() const { return mode_ == ShmMode::kNoncoherent; }
   // Noncoherent mode only: write back what this host wrote / drop this host's copy before reading.
@@ -283,10 +379,29 @@ class BasicShmLog final : public Log {
   }
   Status not_owned(ReplicaId replica) const;
 
-  // The GC lock (shm::MembershipLine): try_lock never waits; lock waits up to full_timeout.
+  // The GC lock (shm::MembershipLine): try_lock never waits; lock waits up to full_timeout and
+  // breaks the lock of a holder on this host whose pid is gone.
   bool try_lock_gc();
   Status lock_gc();
   void unlock_gc();
+  // Takes the lock from a dead holder on this host; true when we hold it now.
+  bool try_break_gc_lock();
+
+  // ---- Coherent-mode fencing (shm_log_impl.h) ----
+  // A pid on this host that no longer runs (gone, or a zombie nobody reaped).
+  static bool pid_gone(uint64_t pid);
+  // kFailedPrecondition when |replica| (owned) was fenced; changes its heartbeat otherwise.
+  Status check_alive_and_beat(ReplicaId replica);
+  // Rate-limited fence_dead(lease_) for the wait loops; |last| is the caller's timer.
+  void fence_from_wait(std::chrono::steady_clock::time_point* last);
+  // Fences |victim| if it is still at incarnation |incarnation| (takes the GC lock).
+  Status fence_one(ReplicaId victim, uint64_t incarnation);
+  // Fills the unpublished, unowned slots of fenced |victim|'s reservation with no-ops; true when
+  // none is left pending (the id is then free).
+  bool resolve_fenced(ReplicaId victim);
+  // Publishes a no-op at |index| unless an entry (or a no-op) of that lap is there already.
+  void fill_noop(LogIndex index);
+  Status fenced_error(ReplicaId replica) const;
   // Lowest ltail over active replicas (tail if none), and the replica holding it.
   LogIndex min_ltail(ReplicaId* laggard) const;
   // A head value that may authorise a reservation: recomputed and published under the GC lock
@@ -333,6 +448,25 @@ class BasicShmLog final : public Log {
   const ShmMode mode_;
   const uint32_t client_;           // noncoherent: this object's client slot
   std::atomic<uint64_t> owned_{0};  // replica ids registered through this object
+  // Coherent fencing: this host's tag (ReplicaLine::host), the lease, and per owned replica the
+  // incarnation it registered with (written before its owned_ bit is set; read by its ops).
+  const uint32_t host_tag_;
+  const std::chrono::nanoseconds lease_;
+  std::unique_ptr<uint64_t[]> incarnation_;
+  // What this object last saw of each other replica: the fencer's own clock times the lease.
+  struct Observation {
+    uint64_t incarnation = 0;
+    uint64_t heartbeat = 0;
+    std::chrono::steady_clock::time_point since{};
+    bool valid = false;
+  };
+  Mutex fence_mu_;  // one fence_dead at a time per object
+  std::vector<Observation> observed_ NRX_GUARDED_BY(fence_mu_);
+  std::atomic<uint64_t> fenced_count_{0};
+  // crash_in_append_for_testing: appends left before the crash (0: off), and its parameters.
+  std::atomic<uint64_t> crash_countdown_{0};
+  std::atomic<uint32_t> crash_publish_{0};
+  std::atomic<bool> crash_kill_{false};
   // Noncoherent: the last request number per owned replica (only its combiner touches an entry).
   std::unique_ptr<uint64_t[]> request_seq_;
   Mutex client_mu_;                                    // one client request at a time

@@ -741,7 +741,7 @@ TEST(ShmLogTest, DeregisterLeavesTheGcMinimum) {
   EXPECT_EQ(seen, (std::vector<LogIndex>{8}));
 }
 
-// The replica registration lines record the owner (for the fencing work).
+// The replica registration lines record the owner (for fencing: tests/logs/shm_fencing_test.cc).
 TEST(ShmLogTest, RegistrationIsRecordedInTheRegion) {
   Fixture f = make_log();
   ASSERT_NE(f.log, nullptr);
@@ -775,10 +775,12 @@ TEST(ShmLogTest, ReadModifyWritesPerOperation) {
   EXPECT_EQ(rmws_of([&] { r = log->register_replica().value(); }), 3u);
   const auto e = bytes_of(1, 16);
   const std::span<const std::byte> batch[] = {e, e, e};
-  // An append with room: one CAS on the tail for the whole batch, nothing else.
-  EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->append(r, batch, [](const Entry&) {}).ok()); }), 1u);
-  // exec: one CAS raising ctail; none when ctail is already there.
-  EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->exec(r, [](const Entry&) {}).ok()); }), 1u);
+  // An append with room: one CAS on the tail for the whole batch, and one CAS per entry on its
+  // alive marker (a fencer's no-op and the publish must not both win a slot).
+  EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->append(r, batch, [](const Entry&) {}).ok()); }), 4u);
+  // exec: one CAS raising ctail and one moving the ltail (a fenced zombie's fails); none when
+  // there is nothing to apply.
+  EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->exec(r, [](const Entry&) {}).ok()); }), 2u);
   EXPECT_EQ(rmws_of([&] { ASSERT_TRUE(log->exec(r, [](const Entry&) {}).ok()); }), 0u);
   // Reads never write.
   EXPECT_EQ(rmws_of([&] {

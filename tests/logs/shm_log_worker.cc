@@ -15,6 +15,15 @@
 // --hang: register the replica, write "registered" to --out, and sleep until killed (a worker
 // that dies holding a replica, for the test that checks nobody waits on it forever).
 //
+// --die-after-appends K [--die-publish P]: crash test (coherent fencing). The K-th append of this
+// process's log object reserves its batch, publishes its first P entries (at most all but one)
+// and raises SIGKILL on the process: a death between reserving and publishing, possibly
+// mid-batch. Such a worker streams its history to --out as it goes (each line flushed): before
+// an operation "i <thread> <op> <key> <value> <invoke_ns>", after it the operation line below
+// prefixed with "r ". An "i" without its "r" is pending: it may or may not have taken effect.
+// --done-target N: how many workers the final barrier waits for (default --workers; the
+// survivors of a crash test name the survivors). --lease-ms L: the fencing lease (default 2000).
+//
 // Output (text): "digest <d> size <n> tail <t> nudges <k>", then one line per operation:
 // "<thread> <op 0=put 1=get 2=remove> <key> <value> <has_result> <result> <invoke_ns> <response_ns>".
 // On failure: "error <status>" and a non-zero exit code (see kExit*).
@@ -28,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -71,6 +81,10 @@ struct Args {
   uint32_t full_timeout_ms = 5000;
   uint32_t barrier_timeout_ms = 15000;
   bool hang = false;
+  uint64_t die_after_appends = 0;  // 0: never
+  uint32_t die_publish = 0;
+  uint32_t done_target = 0;  // 0: --workers
+  uint32_t lease_ms = 2000;
   nrx::logs::ShmMode mode = nrx::logs::ShmMode::kCoherent;
   uint32_t client = 0;  // 0: --index + 1
 };
@@ -122,6 +136,14 @@ bool parse(int argc, char** argv, Args* a) {
       }
     } else if (arg == "--client") {
       a->client = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
+    } else if (arg == "--die-after-appends") {
+      a->die_after_appends = std::strtoull(v.c_str(), nullptr, 0);
+    } else if (arg == "--die-publish") {
+      a->die_publish = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
+    } else if (arg == "--done-target") {
+      a->done_target = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
+    } else if (arg == "--lease-ms") {
+      a->lease_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else if (arg == "--barrier-timeout-ms") {
       a->barrier_timeout_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else {
@@ -183,10 +205,27 @@ int main(int argc, char** argv) {
   opts.full_timeout = std::chrono::milliseconds(a.full_timeout_ms);
   opts.mode = a.mode;
   opts.client = a.client != 0 ? a.client : a.index + 1;
+  opts.lease = std::chrono::milliseconds(a.lease_ms == 0 ? 1 : a.lease_ms);
   // Another process's replica cannot be nudged from here (it applies the log itself); count.
   opts.on_lagging = [&nudges](uint32_t, nrx::logs::ReplicaId) { nudges.fetch_add(1, std::memory_order_relaxed); };
   nrx::Result<std::unique_ptr<ShmLog>> log = ShmLog::attach((*region)->bytes(), opts);
   if (!log.ok()) return fail(a, kExitSetup, "attach: " + log.status().to_string());
+  if (a.die_after_appends != 0) (*log)->crash_in_append_for_testing(a.die_after_appends, a.die_publish, /*kill=*/true);
+  // A crash-test worker streams its history (see the header); others write it at the end.
+  FILE* stream = nullptr;
+  std::mutex stream_mu;
+  if (a.die_after_appends != 0) {
+    stream = std::fopen(a.out.c_str(), "w");
+    if (stream == nullptr) return fail(a, kExitSetup, "cannot write " + a.out);
+    std::fprintf(stream, "streaming\n");
+    std::fflush(stream);
+  }
+  auto stream_line = [&](const std::string& line) {
+    if (stream == nullptr) return;
+    std::lock_guard<std::mutex> lock(stream_mu);
+    std::fputs(line.c_str(), stream);
+    std::fflush(stream);  // in the kernel's buffer before the next operation: SIGKILL-proof
+  };
   nrx::Result<std::unique_ptr<HashMapReplica>> replica =
       HashMapReplica::create(**log, nrx::nr::HashMap{}, nrx::nr::ReplicaOptions{a.threads + 1});
   if (!replica.ok()) return fail(a, kExitSetup, "replica: " + replica.status().to_string());
@@ -232,10 +271,21 @@ int main(int argc, char** argv) {
           // Unique values: (thread, op) identifies every put, so the checker is sharp.
           const uint64_t value = (uint64_t{global_thread} << 32) | (i + 1);
           Record r{global_thread, 0, key, 0, std::nullopt, 0, 0};
+          const uint8_t planned = dice < 45 ? 0 : dice < 55 ? 2 : 1;
+          if (stream != nullptr) {
+            // The invoke stamp is taken before the line is written, so it precedes the operation.
+            r.invoke = now_ns();
+            stream_line("i " + std::to_string(global_thread) + " " + std::to_string(planned) + " " +
+                        std::to_string(key) + " " + std::to_string(planned == 0 ? value : 0) + " " +
+                        std::to_string(r.invoke) + "\n");
+          }
+          auto stamp = [&r, stream] {
+            if (stream == nullptr) r.invoke = now_ns();
+          };
           if (dice < 45) {
             r.op = 0;
             r.value = value;
-            r.invoke = now_ns();
+            stamp();
             auto res = rep.execute_mut({nrx::nr::HashMap::WriteOp::kPut, key, value}, *token);
             r.response = now_ns();
             if (!res.ok()) {
@@ -245,7 +295,7 @@ int main(int argc, char** argv) {
             r.result = *res;
           } else if (dice < 55) {
             r.op = 2;
-            r.invoke = now_ns();
+            stamp();
             auto res = rep.execute_mut({nrx::nr::HashMap::WriteOp::kRemove, key, 0}, *token);
             r.response = now_ns();
             if (!res.ok()) {
@@ -255,11 +305,17 @@ int main(int argc, char** argv) {
             r.result = *res;
           } else {
             r.op = 1;
-            r.invoke = now_ns();
+            stamp();
             r.result = rep.execute({nrx::nr::HashMap::ReadOp::kGet, key}, *token);
             r.response = now_ns();
           }
           records[t].push_back(r);
+          if (stream != nullptr) {
+            stream_line("r " + std::to_string(r.thread) + " " + std::to_string(r.op) + " " + std::to_string(r.key) +
+                        " " + std::to_string(r.value) + " " + std::to_string(r.result.has_value() ? 1 : 0) + " " +
+                        std::to_string(r.result.value_or(0)) + " " + std::to_string(r.invoke) + " " +
+                        std::to_string(r.response) + "\n");
+          }
         }
       });
     }
@@ -272,7 +328,8 @@ int main(int argc, char** argv) {
   // Done; keep applying until every worker is (one may be waiting for our replica to advance).
   // release: every append of ours happened before the count says we are done.
   std::atomic_ref<uint64_t>(control->done).fetch_add(1, std::memory_order_release);
-  if (!wait_for_count(control->done, a.workers, a.barrier_timeout_ms, [&rep] {
+  const uint32_t done_target = a.done_target != 0 ? a.done_target : a.workers;
+  if (!wait_for_count(control->done, done_target, a.barrier_timeout_ms, [&rep] {
         rep.sync();
         std::this_thread::yield();
       })) {

@@ -4,9 +4,11 @@
 // on timeout). Their recorded histories, merged, must be linearizable (tests/lincheck, KvModel:
 // CLOCK_MONOTONIC stamps are shared by all processes), and every replica must end with the same
 // digest. A second case kills a worker that holds a replica and checks that the survivors are
-// not blocked forever: their appends fail after full_timeout. Both run in each mode: coherent
-// (atomics on the region) and noncoherent (the test process created the log, so it runs the
-// sequencer thread; the workers attach as clients 1..N and reserve through it).
+// not blocked forever: in coherent mode the survivor fences the dead replica (its pid is gone)
+// and finishes; in noncoherent mode (no fencing yet) its appends fail after full_timeout. Both
+// run in each mode: coherent (atomics on the region) and noncoherent (the test process created
+// the log, so it runs the sequencer thread; the workers attach as clients 1..N and reserve
+// through it). The crash cases (coherent fencing) are in shm_fencing_test.cc.
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -277,8 +279,10 @@ TEST_P(ShmMultiprocessTest, WorkersAreLinearizableAndAgree) {
   }
 }
 
-// A worker that registered a replica and died leaves it holding the head (no fencing yet): the
-// survivor's appends must fail with kDeadlineExceeded after full_timeout, not hang.
+// A worker that registered a replica and died leaves it holding the head. Coherent mode: the
+// survivor's full-log wait fences it (same host, pid gone) and every operation completes.
+// Noncoherent mode (no fencing): the survivor's appends fail with kDeadlineExceeded after
+// full_timeout, not hang.
 TEST_P(ShmMultiprocessTest, DeadWorkerDoesNotHangTheOthers) {
   SharedLog s = make_setup(32, GetParam());
   ASSERT_NE(s.log, nullptr);
@@ -312,6 +316,14 @@ TEST_P(ShmMultiprocessTest, DeadWorkerDoesNotHangTheOthers) {
   const std::string text = read_file(survivor[0].out);
   std::remove(survivor[0].out.c_str());
   ASSERT_TRUE(WIFEXITED(survivor[0].status)) << describe_exit(survivor[0].status);
+  if (GetParam() == ShmMode::kCoherent) {
+    EXPECT_EQ(WEXITSTATUS(survivor[0].status), 0) << text.substr(0, 300);
+    // The survivor exited without leaving (its replica stays); the victim's was fenced.
+    EXPECT_EQ(std::popcount(s.log->active_replicas()), 1) << "the dead replica is still registered";
+    EXPECT_GT(s.log->head(), 0u) << "the dead replica still holds the head";
+    EXPECT_EQ(s.log->fenced_count(), 0u) << "the survivor fenced it, not the test's object";
+    return;
+  }
   EXPECT_EQ(WEXITSTATUS(survivor[0].status), kExitOpFailed) << text.substr(0, 300);
   EXPECT_NE(text.find("DEADLINE_EXCEEDED"), std::string::npos) << text.substr(0, 300);
   EXPECT_GE(elapsed, std::chrono::milliseconds(300));

@@ -4,8 +4,15 @@
 // Control path (create, attach, membership) first, then the data path (append, exec, payloads).
 #pragma once
 
+#include <signal.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <fstream>
+#include <iterator>
 
 #include <algorithm>
 #include <bit>
@@ -57,6 +64,25 @@ inline uint64_t realtime_epoch() {
   return ns == 0 ? 1 : ns;  // 0 means "any" to attach()
 }
 
+// This host's tag for ReplicaLine::host and the GC lock word: pids are comparable only between
+// processes with the same boot id and pid namespace. FNV-1a of both, never 0.
+inline uint32_t host_tag() {
+  std::string id;
+  {
+    std::ifstream boot("/proc/sys/kernel/random/boot_id");
+    id.assign(std::istreambuf_iterator<char>(boot), std::istreambuf_iterator<char>());
+  }
+  struct stat st {};
+  if (stat("/proc/self/ns/pid", &st) == 0) id += ":" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const char c : id) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  const auto tag = static_cast<uint32_t>(h ^ (h >> 32));
+  return tag == 0 ? 1 : tag;
+}
+
 }  // namespace shm_detail
 
 template <typename Access>
@@ -74,6 +100,7 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::create(std::sp
     return Status::invalid_argument("the shm region has " + std::to_string(region.size()) + " bytes; this log needs " +
                                     std::to_string(g.region_bytes));
   }
+  if (shm.lease.count() <= 0) return Status::invalid_argument("the fencing lease must be positive");
   std::byte* base = region.data();
   // Withdraw any previous header first (release: an attacher that still sees the old magic reads
   // the old, consistent header, never a half-written new one), then zero everything but the
@@ -95,8 +122,8 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::create(std::sp
   Access::store(*reinterpret_cast<uint64_t*>(base), shm::kMagic, std::memory_order_release);
   if (noncoherent) Access::flush(base, sizeof(uint64_t));
   options.numa_node = kNumaLocal;  // placement belongs to whoever mapped the region
-  std::unique_ptr<BasicShmLog> log(
-      new BasicShmLog(base, g, std::move(options), shm.cluster_id, epoch, shm.mode, 0, std::move(shm.keep_alive)));
+  std::unique_ptr<BasicShmLog> log(new BasicShmLog(base, g, std::move(options), shm.cluster_id, epoch, shm.mode, 0,
+                                                   shm.lease, std::move(shm.keep_alive)));
   if (noncoherent) {
     log->sequencer_ = std::make_unique<Sequencer>(g);
     log->sequencer_thread_ = std::thread([raw = log.get()] { raw->sequencer_main(); });
@@ -133,6 +160,7 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::attach(std::sp
                                     std::to_string(shm::kMaxClients - 1) + " (ShmAttachOptions::client), not " +
                                     std::to_string(options.client));
   }
+  if (options.lease.count() <= 0) return Status::invalid_argument("the fencing lease must be positive");
   LogOptions o;
   o.log_id = header.log_id;
   o.entry_size = g.entry_size;
@@ -144,12 +172,13 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::attach(std::sp
   o.numa_node = kNumaLocal;
   const uint32_t client = mode == ShmMode::kNoncoherent ? options.client : 0;
   return std::unique_ptr<BasicShmLog>(new BasicShmLog(base, g, std::move(o), header.cluster_id, header.epoch, mode,
-                                                      client, std::move(options.keep_alive)));
+                                                      client, options.lease, std::move(options.keep_alive)));
 }
 
 template <typename Access>
 BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogOptions options, uint64_t cluster_id,
-                                 uint64_t epoch, ShmMode mode, uint32_t client, std::shared_ptr<void> keep_alive)
+                                 uint64_t epoch, ShmMode mode, uint32_t client, std::chrono::nanoseconds lease,
+                                 std::shared_ptr<void> keep_alive)
     : base_(base),
       geo_(geo),
       mask_(uint64_t{geo.slot_count} - 1),
@@ -160,8 +189,15 @@ BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogO
       pid_(static_cast<uint64_t>(getpid())),
       mode_(mode),
       client_(client),
+      host_tag_(shm_detail::host_tag()),
+      lease_(lease),
+      incarnation_(new uint64_t[geo.max_replicas]()),
       request_seq_(new uint64_t[geo.max_replicas]()),
       keep_alive_(std::move(keep_alive)) {
+  {
+    MutexLock lock(fence_mu_);
+    observed_.resize(geo.max_replicas);
+  }
   if (noncoherent()) {
     // Continue the numbering of whoever used this client slot before (a re-attach): the
     // sequencer answers a request whose number differs from the last one it answered.
@@ -201,19 +237,37 @@ template <typename Access>
 bool BasicShmLog<Access>::try_lock_gc() {
   uint64_t expected = 0;
   // acquire: the previous holder's membership changes and head raise happen before ours.
-  return Access::compare_exchange(control().membership.gc_lock, expected, pid_, std::memory_order_acquire,
+  return Access::compare_exchange(control().membership.gc_lock, expected,
+                                  shm::gc_lock_word(host_tag_, static_cast<uint32_t>(pid_)), std::memory_order_acquire,
                                   std::memory_order_relaxed);
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::try_break_gc_lock() {
+  if (noncoherent()) return false;  // the lock is unused there
+  uint64_t& word = control().membership.gc_lock;
+  // relaxed: only the holder's identity; the CAS below acquires.
+  uint64_t holder = Access::load(word, std::memory_order_relaxed);
+  if (holder == 0) return try_lock_gc();
+  if ((holder >> shm::kGcLockHostShift) != host_tag_ || !pid_gone(holder & UINT32_MAX)) return false;
+  // acquire: the dead holder's stores (a half-done join, leave or head raise, each harmless:
+  // see fence_one) are visible before we act on membership.
+  return Access::compare_exchange(word, holder, shm::gc_lock_word(host_tag_, static_cast<uint32_t>(pid_)),
+                                  std::memory_order_acquire, std::memory_order_relaxed);
 }
 
 template <typename Access>
 Status BasicShmLog<Access>::lock_gc() {
   SpinWait wait(options_.full_timeout);
   while (!try_lock_gc()) {
+    if ((wait.spins() & 63) == 63 && try_break_gc_lock()) break;
     if (wait.expired()) {
+      const uint64_t holder = Access::load(control().membership.gc_lock, std::memory_order_relaxed);
       return Status::unavailable("the GC lock of shm log " + std::to_string(options_.log_id) +
-                                 " stayed held by pid " +
-                                 std::to_string(Access::load(control().membership.gc_lock, std::memory_order_relaxed)) +
-                                 " (did it die inside it?)");
+                                 " stayed held by pid " + std::to_string(holder & UINT32_MAX) +
+                                 ((holder >> shm::kGcLockHostShift) == host_tag_ ? " (alive, on this host)"
+                                                                                 : " (on another host)") +
+                                 " for full_timeout");
     }
     wait.pause();
   }
@@ -232,11 +286,24 @@ Result<ReplicaId> BasicShmLog<Access>::register_replica() {
   NRX_RETURN_IF_ERROR(lock_gc());
   // relaxed: |active| changes only under the GC lock, which we hold.
   const uint64_t active_mask = Access::load(control().membership.active, std::memory_order_relaxed);
-  const auto id = static_cast<ReplicaId>(std::countr_one(active_mask));
+  // The lowest id that is neither active nor fenced with slots still pending (its reservation
+  // record must survive until fence_dead has filled them).
+  ReplicaId id = geo_.max_replicas;
+  for (ReplicaId r = 0; r < geo_.max_replicas; ++r) {
+    if (((active_mask >> r) & 1) != 0) continue;
+    // relaxed: written under the GC lock (fencing), or by a CAS kFenced -> kFree (either is fine).
+    if (Access::load(replica_line(r).state, std::memory_order_relaxed) ==
+        static_cast<uint64_t>(shm::ReplicaState::kFenced)) {
+      continue;
+    }
+    id = r;
+    break;
+  }
   if (id >= geo_.max_replicas) {
     unlock_gc();
     return Status::resource_exhausted("log " + std::to_string(options_.log_id) + " already has its " +
-                                      std::to_string(geo_.max_replicas) + " replicas");
+                                      std::to_string(geo_.max_replicas) +
+                                      " replicas (fenced ones included until fence_dead resolves them)");
   }
   // Start at head (the ring's rule): the lowest ltail of the others, or the tail when alone. The
   // head cannot rise past it while we hold the lock, and every reservation so far stayed below
@@ -245,8 +312,11 @@ Result<ReplicaId> BasicShmLog<Access>::register_replica() {
   const LogIndex start = min_ltail(&unused);
   Access::store(ltail_line(id).value, start, std::memory_order_relaxed);
   shm::ReplicaLine& line = replica_line(id);
+  // relaxed (all): published by the release fetch_or of the active bit below.
   Access::store(line.owner_pid, pid_, std::memory_order_relaxed);
-  Access::fetch_add(line.incarnation, 1, std::memory_order_relaxed);
+  Access::store(line.host, host_tag_, std::memory_order_relaxed);
+  Access::store(line.reserve_count, 0, std::memory_order_relaxed);  // no reservation yet
+  incarnation_[id] = Access::fetch_add(line.incarnation, 1, std::memory_order_relaxed) + 1;
   Access::store(line.state, static_cast<uint64_t>(shm::ReplicaState::kActive), std::memory_order_relaxed);
   // release: the ltail above is visible to anyone who sees the replica in the mask.
   Access::fetch_or(control().membership.active, uint64_t{1} << id, std::memory_order_release);
@@ -259,8 +329,15 @@ template <typename Access>
 Status BasicShmLog<Access>::deregister_replica(ReplicaId replica) {
   if (!owned(replica)) return not_owned(replica);
   if (noncoherent()) return deregister_noncoherent(replica);
-  NRX_RETURN_IF_ERROR(lock_gc());
   const uint64_t bit = uint64_t{1} << replica;
+  NRX_RETURN_IF_ERROR(lock_gc());
+  // relaxed: incarnations change under the GC lock, which we hold.
+  if (Access::load(replica_line(replica).incarnation, std::memory_order_relaxed) != incarnation_[replica]) {
+    // Fenced: the id (and its payload holds) were taken from us already; only forget it here.
+    unlock_gc();
+    owned_.fetch_and(~bit, std::memory_order_release);
+    return ok_status();
+  }
   // release: our last reads of log slots (before our final ltail store) precede the head moving.
   Access::fetch_and(control().membership.active, ~bit, std::memory_order_release);
   Access::store(replica_line(replica).state, static_cast<uint64_t>(shm::ReplicaState::kFree),
@@ -357,8 +434,11 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
   if (noncoherent()) {
     NRX_ASSIGN_OR_RETURN(first, reserve_noncoherent(replica, n, apply_own));
   } else {
+  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
+  shm::ReplicaLine& me = replica_line(replica);
   uint64_t& tail_word = control().tail.value;
   SpinWait wait(options_.full_timeout);
+  std::chrono::steady_clock::time_point last_fence{};
   first = Access::load(tail_word, std::memory_order_relaxed);
   for (;;) {
     // acquire: pairs with the release store of a raise, so the slots below head were fully read.
@@ -368,7 +448,10 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
       head = refresh_head(&laggard);
       if (first + n > head + capacity) {
         // Full. Our own replica may be the one behind: apply its entries first (NR's append does
-        // the same), then nudge whoever still holds the head back.
+        // the same), then nudge whoever still holds the head back. Our reservation record must
+        // not cover slots others reserved while we wait (a fencer would wait on it).
+        // relaxed: a record only ever shrinks the fencer's work; see fence_one.
+        Access::store(me.reserve_count, 0, std::memory_order_relaxed);
         NRX_RETURN_IF_ERROR(apply_until(replica, tail(), apply_own).status());
         head = refresh_head(&laggard);
         if (first + n > head + capacity) {
@@ -379,30 +462,74 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
                                              " ms; replica " + std::to_string(laggard) + " is not advancing");
           }
           wait.pause();
+          // A dead replica may hold the head: fence it (rate-limited), and show we live.
+          fence_from_wait(&last_fence);
+          NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
         }
         first = Access::load(tail_word, std::memory_order_relaxed);
         continue;
       }
     }
-    // The single atomic step that reserves the whole batch. relaxed on success: the entries are
-    // published by their own alive markers, not by the tail.
-    if (Access::compare_exchange(tail_word, first, first + n, std::memory_order_relaxed, std::memory_order_relaxed)) {
+    // Record the reservation BEFORE making it: if we die right after the CAS, a fencer learns
+    // from this record that the unpublished slots there may be ours. relaxed: published by the
+    // CAS below (a fencer reads the tail first, then the records).
+    Access::store(me.reserve_first, first, std::memory_order_relaxed);
+    Access::store(me.reserve_count, n, std::memory_order_relaxed);
+    // The single atomic step that reserves the whole batch. seq_cst on success: releases the
+    // record above, and orders the CAS before the incarnation load below against a fencer's
+    // incarnation bump then tail load (store buffering: one of us sees the other).
+    if (Access::compare_exchange(tail_word, first, first + n, std::memory_order_seq_cst, std::memory_order_relaxed)) {
       break;
     }
   }
+  // seq_cst: see the CAS. Fenced meanwhile: nobody may wait on the slots we just took.
+  if (Access::load(me.incarnation, std::memory_order_seq_cst) != incarnation_[replica]) {
+    for (uint64_t i = 0; i < n; ++i) fill_noop(first + i);
+    return fenced_error(replica);
+  }
+  }
+  // Tests: crash_in_append_for_testing (one relaxed load when off).
+  uint64_t publish_n = n;
+  bool crash = false;
+  if (crash_countdown_.load(std::memory_order_relaxed) != 0 &&
+      crash_countdown_.fetch_sub(1, std::memory_order_relaxed) == 1) {
+    crash = true;
+    publish_n = std::min<uint64_t>(crash_publish_.load(std::memory_order_relaxed), n - 1);
   }
 
-  for (uint64_t i = 0; i < n; ++i) {
+  for (uint64_t i = 0; i < publish_n; ++i) {
     const LogIndex index = first + i;
     shm::SlotHeader* s = slot(index);
+    const uint64_t want = (index >> lap_shift_) + 1;
+    uint64_t before = 0;
+    if (!noncoherent()) {
+      // relaxed: only our own lap's no-op matters here, and the CAS below re-checks it.
+      before = Access::load(s->alive, std::memory_order_relaxed);
+      if ((before & shm::kAliveLapMask) >= want) {  // a fencer filled it: we were fenced
+        for (uint64_t k = i; k < n; ++k) fill_noop(first + k);
+        return fenced_error(replica);
+      }
+    }
     std::byte* bytes = reinterpret_cast<std::byte*>(s) + sizeof(shm::SlotHeader);
     std::memcpy(bytes, batch[i].data(), batch[i].size());
     s->writer = replica;
     s->length = static_cast<uint32_t>(batch[i].size());
     publish(s, sizeof(shm::SlotHeader) + batch[i].size());
-    // release: the entry bytes, writer and length are visible before the marker says "live".
-    Access::store(s->alive, (index >> lap_shift_) + 1, std::memory_order_release);
-    publish(&s->alive, sizeof(s->alive));
+    if (noncoherent()) {
+      // release: the entry bytes, writer and length are visible before the marker says "live".
+      Access::store(s->alive, want, std::memory_order_release);
+      publish(&s->alive, sizeof(s->alive));
+    } else if (!Access::compare_exchange(s->alive, before, want, std::memory_order_release,
+                                         std::memory_order_relaxed)) {
+      // release (on success): as above. Failure: a fencer's no-op won the slot; we are fenced.
+      for (uint64_t k = i + 1; k < n; ++k) fill_noop(first + k);
+      return fenced_error(replica);
+    }
+  }
+  if (crash) {
+    if (crash_kill_.load(std::memory_order_relaxed)) raise(SIGKILL);
+    return Status(StatusCode::kAborted, "crash_in_append_for_testing: indices " + std::to_string(first + publish_n) +
+                                            ".." + std::to_string(first + n - 1) + " left unpublished");
   }
   if (noncoherent()) {
     // The sequencer publishes the tail right after the grants (see sequencer_pass_locked): wait
@@ -445,19 +572,28 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
     }
   }
   Status error;
+  std::chrono::steady_clock::time_point last_fence{};
   for (; i < to; ++i) {
     const shm::SlotHeader* s = slot(i);
     const uint64_t want = (i >> lap_shift_) + 1;
     // acquire: pairs with the appender's release store; the entry is complete once we see it.
-    // No timeout (log.h): an appender publishes right after reserving; a dead one is fenced.
+    // No timeout (log.h): an appender publishes right after reserving; a dead one is fenced
+    // (coherent mode: by us, from here, once its lease is out or its pid is gone).
     SpinWait wait;
     uint64_t alive;
     for (;;) {
       refresh(&s->alive, sizeof(s->alive));
       alive = Access::load(s->alive, std::memory_order_acquire);
-      if (alive >= want) break;
+      if ((alive & shm::kAliveLapMask) >= want) break;
       wait.pause();
+      if (!noncoherent() && (wait.spins() & 255) == 0) {
+        error = check_alive_and_beat(replica);
+        if (!error.ok()) break;
+        fence_from_wait(&last_fence);
+      }
     }
+    if (!error.ok()) break;
+    if (alive == (want | shm::kAliveNoop)) continue;  // a fenced writer's slot: nothing to apply
     if (alive != want) {
       error = Status::data_loss("shm log " + std::to_string(options_.log_id) + " slot of index " + std::to_string(i) +
                                 " holds lap " + std::to_string(alive) + ", expected " + std::to_string(want) +
@@ -485,9 +621,17 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
     }
   }
   if (i != from) {
-    // release: our reads of the slots above happen before an appender that sees this ltail reuses them.
-    Access::store(ltail_word, i, std::memory_order_release);
-    publish(&ltail_word, sizeof(ltail_word));
+    if (noncoherent()) {
+      // release: our reads of the slots above happen before an appender that sees this ltail reuses them.
+      Access::store(ltail_word, i, std::memory_order_release);
+      publish(&ltail_word, sizeof(ltail_word));
+    } else {
+      LogIndex expected = from;
+      // release: as above. A CAS, so a fenced zombie never moves the ltail of a re-registered id.
+      if (!Access::compare_exchange(ltail_word, expected, i, std::memory_order_release, std::memory_order_relaxed)) {
+        return fenced_error(replica);
+      }
+    }
   }
   if (!error.ok()) return error;
   return i;
@@ -496,12 +640,14 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::exec(ReplicaId replica, EntryVisitor visitor) {
   if (!owned(replica)) return not_owned(replica);
+  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
   return apply_until(replica, tail(), visitor);
 }
 
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::exec_while(ReplicaId replica, StoppingVisitor visitor) {
   if (!owned(replica)) return not_owned(replica);
+  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
   return apply_until(replica, tail(), visitor);
 }
 
@@ -590,6 +736,7 @@ Status BasicShmLog<Access>::payload_release(ReplicaId replica, PayloadRef ref) {
     publish(&mark, sizeof(mark));
     return ok_status();
   }
+  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
   return release_payload(ref.where, ref.generation, uint64_t{1} << replica);
 }
 
@@ -614,6 +761,209 @@ Status BasicShmLog<Access>::release_payload(uint64_t where, uint32_t generation,
     Access::fetch_sub(control().payloads.live, 1, std::memory_order_relaxed);
   }
   return ok_status();
+}
+
+// ---- Coherent mode: crash fencing ---------------------------------------------------------------
+
+template <typename Access>
+bool BasicShmLog<Access>::pid_gone(uint64_t pid) {
+  if (pid == 0 || pid > static_cast<uint64_t>(INT_MAX)) return false;  // not a pid we can ask about
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return true;
+  // A zombie (dead, not yet reaped by its parent) still answers kill(); its state says "Z".
+  std::ifstream stat_file("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat_file, line)) return false;
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= line.size()) return false;
+  const char state = line[paren + 2];
+  return state == 'Z' || state == 'X';
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::fenced_error(ReplicaId replica) const {
+  return Status::failed_precondition("replica " + std::to_string(replica) + " of shm log " +
+                                     std::to_string(options_.log_id) +
+                                     " was fenced (its lease ran out); register a new replica");
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::check_alive_and_beat(ReplicaId replica) {
+  if (noncoherent()) return ok_status();
+  shm::ReplicaLine& line = replica_line(replica);
+  // relaxed: a fencing is acted on through the CASes (tail record, publish, ltail); this early
+  // check only saves work, so it needs no ordering.
+  if (Access::load(line.incarnation, std::memory_order_relaxed) != incarnation_[replica]) return fenced_error(replica);
+  // relaxed: any change shows we live; racing beats of one process may lose one increment.
+  Access::store(line.heartbeat, Access::load(line.heartbeat, std::memory_order_relaxed) + 1,
+                std::memory_order_relaxed);
+  return ok_status();
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::heartbeat() {
+  Status first_error;
+  uint64_t mine = owned_.load(std::memory_order_acquire);
+  while (mine != 0) {
+    const auto r = static_cast<ReplicaId>(std::countr_zero(mine));
+    mine &= mine - 1;
+    Status st = check_alive_and_beat(r);
+    if (!st.ok() && first_error.ok()) first_error = std::move(st);
+  }
+  return first_error;
+}
+
+template <typename Access>
+void BasicShmLog<Access>::fence_from_wait(std::chrono::steady_clock::time_point* last) {
+  if (noncoherent()) return;
+  const auto now = std::chrono::steady_clock::now();
+  const auto every = std::max<std::chrono::nanoseconds>(lease_ / 8, std::chrono::milliseconds(1));
+  if (now - *last < every) return;
+  *last = now;
+  fence_dead(lease_).ignore_error();  // a wait path: it retries, and reports its own timeout
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::fence_dead(std::chrono::nanoseconds lease) {
+  if (noncoherent()) return Status(StatusCode::kUnimplemented, "fencing is implemented in coherent mode only");
+  if (lease.count() <= 0) return Status::invalid_argument("the fencing lease must be positive");
+  MutexLock lock(fence_mu_);
+  const auto now = std::chrono::steady_clock::now();
+  const uint64_t active_mask = active_replicas();
+  const uint64_t mine = owned_.load(std::memory_order_acquire);
+  Status result;
+  for (ReplicaId r = 0; r < geo_.max_replicas; ++r) {
+    shm::ReplicaLine& line = replica_line(r);
+    const uint64_t bit = uint64_t{1} << r;
+    if ((active_mask & bit) == 0) {
+      observed_[r].valid = false;
+      // A fencing (ours or another process's) that left slots covered by a live record then.
+      // relaxed: re-checked by the CAS in resolve_fenced.
+      if (Access::load(line.state, std::memory_order_relaxed) == static_cast<uint64_t>(shm::ReplicaState::kFenced)) {
+        (void)resolve_fenced(r);
+      }
+      continue;
+    }
+    if ((mine & bit) != 0) continue;  // ours: alive while we run
+    // acquire: the registration (owner, host) is read whole; fence_one re-checks under the lock.
+    const uint64_t incarnation = Access::load(line.incarnation, std::memory_order_acquire);
+    // relaxed: only compared with the previous look.
+    const uint64_t beat = Access::load(line.heartbeat, std::memory_order_relaxed);
+    bool dead = Access::load(line.host, std::memory_order_relaxed) == host_tag_ &&
+                pid_gone(Access::load(line.owner_pid, std::memory_order_relaxed));
+    Observation& o = observed_[r];
+    if (!o.valid || o.incarnation != incarnation || o.heartbeat != beat) {
+      o = Observation{incarnation, beat, now, true};
+    } else if (now - o.since >= lease) {
+      dead = true;
+    }
+    if (!dead) continue;
+    Status st = fence_one(r, incarnation);
+    if (st.ok()) {
+      o.valid = false;
+    } else if (result.ok()) {
+      result = std::move(st);
+    }
+  }
+  return result;
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::fence_one(ReplicaId victim, uint64_t incarnation) {
+  shm::ReplicaLine& line = replica_line(victim);
+  const uint64_t bit = uint64_t{1} << victim;
+  NRX_RETURN_IF_ERROR(lock_gc());
+  // relaxed: membership and incarnations change under the GC lock, which we hold.
+  if ((Access::load(control().membership.active, std::memory_order_relaxed) & bit) == 0 ||
+      Access::load(line.incarnation, std::memory_order_relaxed) != incarnation) {
+    unlock_gc();
+    return ok_status();  // left, or fenced by someone else, meanwhile
+  }
+  Access::store(line.state, static_cast<uint64_t>(shm::ReplicaState::kFenced), std::memory_order_relaxed);
+  // seq_cst: against the appender's seq_cst CAS on the tail then incarnation load: either it sees
+  // this bump (and fills its own range), or resolve_fenced's tail load sees its reservation.
+  Access::fetch_add(line.incarnation, 1, std::memory_order_seq_cst);
+  // release: like a leave; the head may now rise past the victim's ltail.
+  Access::fetch_and(control().membership.active, ~bit, std::memory_order_release);
+  unlock_gc();
+  fenced_count_.fetch_add(1, std::memory_order_relaxed);
+  // Release the payloads it held (as deregister_replica does for itself).
+  for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
+    shm::PayloadMeta& m = payload_meta(where);
+    // acquire: |pending| below belongs to this state's generation.
+    const uint64_t state = Access::load(m.state, std::memory_order_acquire);
+    if ((state & shm::kPayloadPhaseMask) != shm::kPayloadLive) continue;
+    if ((Access::load(m.pending, std::memory_order_relaxed) & bit) == 0) continue;
+    release_payload(where, shm::payload_generation(state), bit).ignore_error();  // freed meanwhile
+  }
+  (void)resolve_fenced(victim);
+  return ok_status();
+}
+
+template <typename Access>
+void BasicShmLog<Access>::fill_noop(LogIndex index) {
+  shm::SlotHeader* s = slot(index);
+  const uint64_t want = (index >> lap_shift_) + 1;
+  // acquire: a value of our lap (entry or no-op) means the slot is decided.
+  uint64_t before = Access::load(s->alive, std::memory_order_acquire);
+  while ((before & shm::kAliveLapMask) < want) {
+    // release: readers that see the no-op need nothing else from us (no bytes), but the
+    // fencing that decided it (the victim out of the active mask) comes first.
+    if (Access::compare_exchange(s->alive, before, want | shm::kAliveNoop, std::memory_order_release,
+                                 std::memory_order_acquire)) {
+      return;
+    }
+  }
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::resolve_fenced(ReplicaId victim) {
+  shm::ReplicaLine& line = replica_line(victim);
+  // seq_cst: see fence_one (read the tail after the incarnation bump); it also acquires every
+  // reservation record stored before a CAS that the tail value we read follows.
+  const LogIndex t = Access::load(control().tail.value, std::memory_order_seq_cst);
+  // relaxed: ordered after the tail load above.
+  const LogIndex first = Access::load(line.reserve_first, std::memory_order_relaxed);
+  const uint64_t count = std::min<uint64_t>(Access::load(line.reserve_count, std::memory_order_relaxed), geo_.slot_count);
+  bool pending = false;
+  for (LogIndex i = first; i < first + count && i < t; ++i) {
+    const uint64_t want = (i >> lap_shift_) + 1;
+    // acquire: as fill_noop.
+    if ((Access::load(slot(i)->alive, std::memory_order_acquire) & shm::kAliveLapMask) >= want) continue;
+    // Unpublished and reserved (below the tail). Its owner wrote a record covering it before its
+    // CAS: if a live replica's record covers it, that one may be the owner (it publishes, or it
+    // lost the CAS and moves on): leave it. Otherwise every candidate owner is fenced: fill it.
+    uint64_t live = active_replicas();
+    bool covered = false;
+    while (live != 0 && !covered) {
+      const auto r = static_cast<ReplicaId>(std::countr_zero(live));
+      live &= live - 1;
+      const shm::ReplicaLine& other = replica_line(r);
+      // relaxed: a record stored before a CAS our tail load followed is visible (see above).
+      const LogIndex f = Access::load(other.reserve_first, std::memory_order_relaxed);
+      const uint64_t c = Access::load(other.reserve_count, std::memory_order_relaxed);
+      covered = f <= i && i - f < c;
+    }
+    if (covered) {
+      pending = true;
+      continue;
+    }
+    fill_noop(i);
+  }
+  if (pending) return false;
+  // The id is free again. A CAS: another fencer may have freed it and someone re-registered it.
+  uint64_t fenced = static_cast<uint64_t>(shm::ReplicaState::kFenced);
+  // relaxed: registration reads it under the GC lock, and the no-ops above are published by
+  // their own CASes.
+  (void)Access::compare_exchange(line.state, fenced, static_cast<uint64_t>(shm::ReplicaState::kFree),
+                                 std::memory_order_relaxed, std::memory_order_relaxed);
+  return true;
+}
+
+template <typename Access>
+void BasicShmLog<Access>::crash_in_append_for_testing(uint64_t nth, uint32_t publish, bool kill) {
+  crash_publish_.store(publish, std::memory_order_relaxed);
+  crash_kill_.store(kill, std::memory_order_relaxed);
+  crash_countdown_.store(nth, std::memory_order_relaxed);
 }
 
 // ---- Accessors that differ by mode --------------------------------------------------------------
@@ -892,42 +1242,10 @@ Result<LogIndex> BasicShmLog<Access>::reserve_noncoherent(ReplicaId replica, uin
 
 // ---- Noncoherent mode: the sequencer ------------------------------------------------------------
 
-// The sequencer's own state: only in the creator's memory, guarded by |mu| (the thread and the
-// creator's waiting calls take turns). Nothing here is shared with other hosts except through
-// the lines it writes.
-template <typename Access>
-struct BasicShmLog<Access>::Sequencer {
-  explicit Sequencer(const shm::Geometry& g)
-      : answered(g.max_replicas, 0),
-        incarnation(g.max_replicas, 0),
-        join_start(g.max_replicas, 0),
-        owner(g.max_replicas, 0),
-        client_answered(shm::kMaxClients, 0),
-        payload_generation(g.payload_slots, 0) {}
+// The sequencer's own state (BasicShmLog::Sequencer, defined in shm_log.h): only in the creator's
+// memory, guarded by its |mu| (the thread and the creator's waiting calls take turns). Nothing
+// there is shared with other hosts except through the lines it writes.
 
-  struct Answer {
-    bool client;   // a client answer (else a replica's reservation answer)
-    uint32_t who;  // client slot or replica id
-    uint64_t seq;
-    uint64_t status;
-    uint64_t value[3];
-  };
-
-  Mutex mu;
-  LogIndex tail NRX_GUARDED_BY(mu) = 0;
-  uint64_t active NRX_GUARDED_BY(mu) = 0;
-  uint64_t ever NRX_GUARDED_BY(mu) = 0;
-  uint64_t passes NRX_GUARDED_BY(mu) = 0;
-  uint32_t next_replica NRX_GUARDED_BY(mu) = 0;  // round-robin start of the next pass
-  uint64_t payload_hint NRX_GUARDED_BY(mu) = 0;
-  std::vector<uint64_t> answered NRX_GUARDED_BY(mu);     // per replica: last request number answered
-  std::vector<uint64_t> incarnation NRX_GUARDED_BY(mu);  // per replica: the join granted last
-  std::vector<LogIndex> join_start NRX_GUARDED_BY(mu);   // per replica: its ltail until it confirms
-  std::vector<uint32_t> owner NRX_GUARDED_BY(mu);        // per replica: the client that joined it
-  std::vector<uint64_t> client_answered NRX_GUARDED_BY(mu);
-  std::vector<uint64_t> payload_generation NRX_GUARDED_BY(mu);  // per slot: last granted (0: never)
-  std::vector<Answer> answers NRX_GUARDED_BY(mu);                // this pass's, written at its end
-};
 
 template <typename Access>
 void BasicShmLog<Access>::try_sequencer_pass() {
