@@ -258,6 +258,8 @@ struct Kernel::Impl {
   // kShm: which local node a shared log's replica id belongs to (-1: another machine's). Filled
   // at boot, before any core starts, and only read afterwards.
   std::vector<int32_t> node_of_replica_id;
+  // kShm: NR-FS's shared scan order (<region>.fsscan); declared before |fs|, which uses it.
+  std::shared_ptr<transport::Region> fs_scan_region;
   std::unique_ptr<TablePort> table;
   std::unique_ptr<FsPort> fs;
   std::vector<std::unique_ptr<KernelCore>> cores;
@@ -337,6 +339,26 @@ struct Kernel::Impl {
       with_owner.keep_alive = owner;
       return logs::ShmLog::create(owner->bytes(), with, with_owner);
     };
+  }
+
+  // NR-FS's scans are ordered across the kernel processes by a SharedScanOrder in its own small
+  // region, <region>.fsscan, created by machine 0 and attached by the others.
+  Result<std::unique_ptr<nr::ScanOrder>> shm_scan_order() {
+    const ShmPlacement& sp = options.shm;
+    const std::string path = sp.region + ".fsscan";
+    const nr::SharedScanOrderOptions so{.cluster_id = sp.cluster_id};
+    if (sp.attach) {
+      NRX_ASSIGN_OR_RETURN(transport::Region region, transport::Region::attach_file(path));
+      fs_scan_region = std::make_shared<transport::Region>(std::move(region));
+      NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::attach(fs_scan_region->bytes(), so));
+      return std::unique_ptr<nr::ScanOrder>(std::move(order));
+    }
+    NRX_ASSIGN_OR_RETURN(transport::Region region,
+                         transport::Region::create_file(path, nr::SharedScanOrder::kRegionBytes,
+                                                        {.replace_existing = true, .unlink_on_close = true}));
+    fs_scan_region = std::make_shared<transport::Region>(std::move(region));
+    NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::create(fs_scan_region->bytes(), so));
+    return std::unique_ptr<nr::ScanOrder>(std::move(order));
   }
 
   void nudge_node(uint32_t node) {
@@ -714,19 +736,14 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
                          fs::FileSystem<logs::RingLog>::create_with(*impl->memory, fo, impl->ring_log_creator()));
     impl->fs = std::make_unique<FsPortImpl<logs::RingLog>>(std::move(nrfs));
   } else {
-    // NR-FS is shared only by the replicas of one kernel process: its namespace operations are CNR
-    // scans, and CNR orders scans by ids it hands out in-process, which two processes cannot agree
-    // on. So with several machines each keeps its own NR-FS (ring logs) and they share the process
-    // table (NR: one log, cross-process safe, tested by shm_multiprocess_test).
-    if (machines == 1) {
-      NRX_ASSIGN_OR_RETURN(auto nrfs,
-                           fs::FileSystem<logs::ShmLog>::create_with(*impl->memory, fo, impl->shm_log_creator("fs")));
-      impl->fs = std::make_unique<FsPortImpl<logs::ShmLog>>(std::move(nrfs));
-    } else {
-      NRX_ASSIGN_OR_RETURN(auto nrfs,
-                           fs::FileSystem<logs::RingLog>::create_with(*impl->memory, fo, impl->ring_log_creator()));
-      impl->fs = std::make_unique<FsPortImpl<logs::RingLog>>(std::move(nrfs));
-    }
+    // Every machine's replicas share NR-FS's logs. Its namespace operations are CNR scans, ordered
+    // across the kernel processes by a scan order in shared memory (nr::SharedScanOrder).
+    fo.max_replicas = total_nodes;
+    NRX_ASSIGN_OR_RETURN(std::unique_ptr<nr::ScanOrder> order, impl->shm_scan_order());
+    NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<logs::ShmLog>::create_with(*impl->memory, fo,
+                                                                              impl->shm_log_creator("fs"),
+                                                                              std::move(order)));
+    impl->fs = std::make_unique<FsPortImpl<logs::ShmLog>>(std::move(nrfs));
     NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::ShmLog>::create(lo, impl->shm_log_creator("proc"),
                                                                           impl->nodes, total_nodes, cpn));
   }
@@ -1001,11 +1018,10 @@ std::string Kernel::describe() const {
   const std::string replicas = std::to_string(k.nodes) + (k.nodes == 1 ? " replica" : " replicas");
   const std::string slots = std::to_string(k.options.log_slots) + " slots";
   const std::string shared = shm ? " shm log" : " ring log";
-  const bool shared_fs = shm && k.options.shm.machines == 1;
   std::string s;
   s += "memory  " + k.memory->describe() + "\n";
   if (shm) {
-    s += "shm     regions " + k.options.shm.region + (k.options.shm.machines == 1 ? ".{proc,fs0..}" : ".proc") +
+    s += "shm     regions " + k.options.shm.region + ".{proc,fs0..,fsscan}" +
          " (coherent), machine " +
          std::to_string(k.options.shm.machine) + " of " + std::to_string(k.options.shm.machines) + ", nodes " +
          std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) + " of the cluster\n";
@@ -1014,7 +1030,7 @@ std::string Kernel::describe() const {
        std::to_string(k.nodes * k.cores_per_node) + " kernel cores (" + std::to_string(k.cores_per_node) +
        " per node)\n";
   s += "fs      NR-FS on CNR: " + replicas + " here, " + std::to_string(k.fs->logs()) +
-       (shared_fs || !shm ? shared + "s" : " ring logs (this machine's own NR-FS)") + " of " + slots + "\n";
+       shared + "s of " + slots + "\n";
   s += "vmem    NR-vMem: one address space per process, " + replicas +
        " each (x86-64 4-level page tables), 1 ring log of " + slots + "\n";
   return s;

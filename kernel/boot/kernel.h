@@ -67,11 +67,10 @@ enum class LogBackend : uint8_t {
           // "machine", share the process table and NR-FS (emulated CXL shared memory)
 };
 
-// kShm: the regions are files |region|.proc and, with one machine, |region|.fs0 .. .fsN-1
-// (transport::Region). With several machines they share the process table (pids, cores) and each
-// keeps its own NR-FS on ring logs: NR-FS's namespace operations are CNR scans, ordered by ids one
-// process hands out, which two processes cannot agree on yet. The
-// kernel that creates them is machine 0; others attach as machines 1..machines-1, each with the
+// kShm: the regions are files |region|.proc, |region|.fs0 .. .fsN-1 and |region|.fsscan
+// (transport::Region). Every machine's replicas share the process table (pids, cores) and NR-FS;
+// NR-FS's scans (namespace operations) are ordered across the processes by the scan order in
+// .fsscan (nr::SharedScanOrder). The kernel that creates them is machine 0; others attach as machines 1..machines-1, each with the
 // same number of nodes; machine m's node n is node m * nodes + n of the shared process table.
 // Attaching works only before the cluster's first operation (there is no state transfer yet):
 // a log that already holds entries is refused.

@@ -42,6 +42,7 @@
 
 #include "base/status.h"
 #include "kernel/mem/memory.h"
+#include "kernel/nr/scan_order.h"
 #include "logs/log.h"
 
 namespace nrx::logs {
@@ -91,6 +92,9 @@ struct FsOptions {
   std::vector<uint32_t> replica_pools = {0};  // one replica per entry: the pool its data lives in
   uint32_t log_slots = 1024;               // per log; payload slots are twice this
   uint32_t max_threads_per_replica = 64;
+  // Replicas that may register on the logs, from every process sharing them (0: this process's,
+  // replica_pools.size()).
+  uint32_t max_replicas = 0;
 };
 
 struct FsStats {
@@ -118,10 +122,13 @@ class FileSystem {
   // log backend's errors.
   static Result<std::unique_ptr<FileSystem>> create(mem::Memory& memory, const FsOptions& options);
   // The same with the logs built by |create_log|: Result<std::unique_ptr<L>>(const LogOptions&)
-  // (e.g. a latency-decorated ring for `nrx sweep`). Defined in fs_impl.h.
+  // (e.g. a latency-decorated ring for `nrx sweep`, or shm logs in regions). Replicas in other
+  // processes that share those logs must share |scan_order| too (nr::SharedScanOrder; null: an
+  // in-process order). Defined in fs_impl.h.
   template <typename CreateLog>
   static Result<std::unique_ptr<FileSystem>> create_with(mem::Memory& memory, const FsOptions& options,
-                                                         CreateLog&& create_log);
+                                                         CreateLog&& create_log,
+                                                         std::unique_ptr<nr::ScanOrder> scan_order = nullptr);
   ~FileSystem();
 
   uint32_t replicas() const;

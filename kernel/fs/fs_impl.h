@@ -114,7 +114,8 @@ Result<std::unique_ptr<FileSystem<L>>> FileSystem<L>::create(mem::Memory& memory
 template <typename L>
 template <typename CreateLog>
 Result<std::unique_ptr<FileSystem<L>>> FileSystem<L>::create_with(mem::Memory& memory, const FsOptions& options,
-                                                                  CreateLog&& create_log) {
+                                                                  CreateLog&& create_log,
+                                                                  std::unique_ptr<nr::ScanOrder> scan_order) {
   if (options.replica_pools.empty() || options.replica_pools.size() > 64) {
     return fs_error(EINVAL, "NR-FS needs 1..64 replicas");
   }
@@ -127,11 +128,13 @@ Result<std::unique_ptr<FileSystem<L>>> FileSystem<L>::create_with(mem::Memory& m
   auto impl = std::make_unique<Impl>(memory, options);
   impl->det = std::make_unique<mem::DeterministicAllocator>(memory, options.replica_pools);
   logs::LogOptions log{.entry_size = 64, .slot_count = options.log_slots};
-  log.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, static_cast<uint32_t>(options.replica_pools.size()));
+  log.max_replicas = std::max<uint32_t>({logs::kMinMaxReplicas, static_cast<uint32_t>(options.replica_pools.size()),
+                                         options.max_replicas});
   // Every entry holds at most one payload: with twice as many payload slots as log slots, a full
   // payload table cannot happen before a full log, whose lagging-replica hook moves things on.
   log.payload_slots = 2 * options.log_slots;
-  NRX_ASSIGN_OR_RETURN(impl->group, Impl::Group::create(options.logs, log, std::forward<CreateLog>(create_log)));
+  NRX_ASSIGN_OR_RETURN(impl->group, Impl::Group::create(options.logs, log, std::forward<CreateLog>(create_log),
+                                                        FsLogMapper{}, std::move(scan_order)));
   for (uint32_t i = 0; i < impl->group->log_count(); ++i) impl->log_ptrs.push_back(&impl->group->log(i));
   for (uint32_t s = 0; s < options.replica_pools.size(); ++s) {
     NRX_ASSIGN_OR_RETURN(auto r, impl->group->make_replica(nr::ReplicaOptions{options.max_threads_per_replica}, memory,
@@ -304,7 +307,13 @@ Result<std::vector<DirEntry>> FileSystem<L>::readdir(Handle& h, std::string_view
 template <typename L>
 void FileSystem<L>::advance(uint32_t replica) {
   if (replica >= impl_->replicas.size()) return;
-  for (uint32_t li = 0; li < impl_->group->log_count(); ++li) impl_->replicas[replica]->nudge(li);
+  impl_->replicas[replica]->recover_orphan();  // a scan whose issuer (another process) died
+  for (uint32_t li = 0; li < impl_->group->log_count(); ++li) {
+    impl_->replicas[replica]->nudge(li);
+    // A shared log fences replicas whose heartbeat stops (logs/shm): advancing is their owner's
+    // sign of life (an idle kernel core advances every tick, well inside the lease).
+    if constexpr (requires(L& log) { log.heartbeat(); }) (void)impl_->group->log(li).heartbeat();
+  }
 }
 
 template <typename L>

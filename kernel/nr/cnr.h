@@ -13,9 +13,12 @@
 //   different logs run at the same time on the same replica.
 // - A read syncs only its own log (to that log's ctail) and runs on the replica directly.
 // - Scans. A scan-read (e.g. size, range query) executes once, at the issuing replica; a
-//   scan-update (e.g. clear) executes at every replica. Both are barriers at every replica. A scan takes the group's scan lock, takes
-//   the next scan id and appends one scan entry to every log it touches, in ascending log order;
-//   the lock makes every log order scans the same way. At a replica, when a log's apply reaches a
+//   scan-update (e.g. clear) executes at every replica. Both are barriers at every replica. A scan
+//   takes the group's scan lock, takes the next scan id and appends one scan entry to every log it
+//   touches, in ascending log order; the lock makes every log order scans the same way. Lock, ids
+//   and cancellations are the group's ScanOrder (scan_order.h): in-process by default, in shared
+//   memory when the replicas live in several processes (then a scan whose issuer died half-way
+//   into its logs is completed by whoever takes the lock over next; see "Orphans" there). At a replica, when a log's apply reaches a
 //   scan entry, it records its arrival and waits; the scan executes only when the replica sits
 //   exactly at the scan in every log it touches (every one of them arrived: nothing after the scan
 //   applied, everything before it applied), which makes the scan a consistent cut. Whoever sees
@@ -48,13 +51,17 @@
 #include <bit>
 #include <concepts>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "base/cacheline.h"
+#include "base/check.h"
 #include "base/mutex.h"
 #include "base/spin.h"
 #include "base/status.h"
@@ -62,6 +69,7 @@
 #include "kernel/nr/flat_combining.h"
 #include "kernel/nr/replica.h"
 #include "kernel/nr/rwlock.h"
+#include "kernel/nr/scan_order.h"
 #include "kernel/nr/typed_log.h"
 #include "logs/log.h"
 
@@ -131,15 +139,22 @@ class CnrGroup {
 
   // Creates |log_count| logs with |options| (entry_size is set to fit Entry; log_id and on_lagging
   // are set per log). |create_log| builds one backend log: Result<std::unique_ptr<L>>(LogOptions).
-  // Errors: kInvalidArgument (log_count 0 or above kMaxLogs), or the backend's error.
+  // |order| orders the scans (null: a LocalScanOrder; replicas in several processes share a
+  // SharedScanOrder). Errors: kInvalidArgument (log_count 0 or above kMaxLogs; an Entry larger
+  // than |order| can record), or the backend's error.
   template <typename CreateLog>
   static Result<std::unique_ptr<CnrGroup>> create(uint32_t log_count, logs::LogOptions options, CreateLog&& create_log,
-                                                  M mapper = M{}) {
+                                                  M mapper = M{}, std::unique_ptr<ScanOrder> order = nullptr) {
     if (log_count == 0 || log_count > kMaxLogs) {
       return Status::invalid_argument("CNR needs 1.." + std::to_string(kMaxLogs) + " logs, not " +
                                       std::to_string(log_count));
     }
-    std::unique_ptr<CnrGroup> g(new CnrGroup(std::move(mapper)));
+    if (order == nullptr) order = std::make_unique<LocalScanOrder>();
+    if (sizeof(Entry) > order->max_entry_bytes()) {
+      return Status::invalid_argument("a CNR entry of " + std::to_string(sizeof(Entry)) +
+                                      " bytes does not fit the scan order's record");
+    }
+    std::unique_ptr<CnrGroup> g(new CnrGroup(std::move(mapper), std::move(order)));
     for (uint32_t i = 0; i < log_count; ++i) {
       logs::LogOptions o = options;
       o.log_id = i;
@@ -183,7 +198,7 @@ class CnrGroup {
 
  private:
   friend class ConcurrentReplica<D, M, L>;
-  explicit CnrGroup(M mapper) : mapper_(std::move(mapper)) {}
+  CnrGroup(M mapper, std::unique_ptr<ScanOrder> order) : mapper_(std::move(mapper)), order_(std::move(order)) {}
 
   void nudge(uint32_t log_id, logs::ReplicaId r) NRX_EXCLUDES(replicas_mu_);
   void forget(logs::ReplicaId r) NRX_EXCLUDES(replicas_mu_) {
@@ -192,30 +207,16 @@ class CnrGroup {
   }
 
   // Scans that could not enter all their logs (an append failed, e.g. the log stayed full past
-  // its timeout). No replica can have run one (its last log never arrives), so every replica
-  // treats its entries as no-ops. Checked only when an applier reaches a scan entry.
-  void cancel_scan(uint64_t id) NRX_EXCLUDES(cancel_mu_) {
-    MutexLock lock(cancel_mu_);
-    cancelled_.push_back(id);
-    // release: the id is in the list before anyone sees the count.
-    cancelled_count_.fetch_add(1, std::memory_order_release);
-  }
-  bool is_cancelled(uint64_t id) NRX_EXCLUDES(cancel_mu_) {
-    // acquire: pairs with cancel_scan; the fast path when nothing was ever cancelled.
-    if (cancelled_count_.load(std::memory_order_acquire) == 0) return false;
-    MutexLock lock(cancel_mu_);
-    return std::find(cancelled_.begin(), cancelled_.end(), id) != cancelled_.end();
-  }
+  // its timeout) are cancelled: no replica can have run one (its last log never arrives), so
+  // every replica treats its entries as no-ops. Checked only when an applier reaches a scan entry.
+  bool is_cancelled(uint64_t id) { return order_->is_cancelled(id); }
 
   M mapper_;
   std::vector<std::unique_ptr<L>> logs_;
-  Mutex cancel_mu_;
-  std::vector<uint64_t> cancelled_ NRX_GUARDED_BY(cancel_mu_);
-  std::atomic<uint32_t> cancelled_count_{0};
-  // Serialises scan insertion so that every log orders scans the same way. Held only while
-  // appending scan entries; never by a combiner.
-  Mutex scan_mu_;
-  uint64_t next_scan_id_ NRX_GUARDED_BY(scan_mu_) = 1;
+  // Serialises scan insertion so that every log orders scans the same way; hands out scan ids and
+  // keeps the cancelled ones. Its lock is held only while appending scan entries; never by a
+  // combiner (a combiner's append may hold one log's combiner briefly, see insert()).
+  std::unique_ptr<ScanOrder> order_;
   Mutex replicas_mu_;
   std::vector<Replica*> replicas_ NRX_GUARDED_BY(replicas_mu_);
 };
@@ -283,9 +284,10 @@ class ConcurrentReplica {
   void sync_log_to(uint32_t li, logs::LogIndex target) {
     L& log = group_.log(li);
     SpinWait wait;
-    while (!log.is_synced_for_reads(id_, target)) {
+    for (uint32_t spins = 0; !log.is_synced_for_reads(id_, target); ++spins) {
       if (try_sync_log(li) && log.is_synced_for_reads(id_, target)) break;
       help(group_.all_logs_mask(), li);  // stopped at a scan, or busy: bring the others along
+      if ((spins & 1023) == 1023) recover_orphan();  // stopped at a scan whose issuer died?
       wait.pause();
     }
   }
@@ -378,34 +380,89 @@ class ConcurrentReplica {
     e.scan_mask = mask;
     e.scan = op;
     {
-      MutexLock lock(group_.scan_mu_);
-      e.scan_id = group_.next_scan_id_++;
-      for (uint64_t m = mask; m != 0; m &= m - 1) {
-        const uint32_t li = static_cast<uint32_t>(std::countr_zero(m));
-        PerLog& pl = logs_[li];
-        // Our combiner of this log, only for the append (apply_own may run while it waits for
-        // space). Never two at once, so no lock order to get wrong.
-        pl.combiner.lock();
-        Status st = append_locked(li, &e, 1);
-        pl.combiner.unlock();
-        if (!st.ok()) {
-          // The scan sits in some logs but will never reach this one: nobody can run it, and
-          // every log it entered would stop at it for good. Cancel it (still under the scan
-          // lock, so no later scan is ordered after it yet); appliers then skip its entries.
-          group_.cancel_scan(e.scan_id);
+      ScanOrder& order = *group_.order_;
+      // Waiting for another process's scan: keep our replica moving on every log (its holder may
+      // be waiting for space that only we can free).
+      NRX_ASSIGN_OR_RETURN(std::optional<ScanOrder::Orphan> orphan,
+                           order.lock([this] { help(group_.all_logs_mask(), UINT32_MAX); }));
+      if (orphan.has_value() && orphan->id != 0) {
+        if (Status st = complete_orphan(*orphan); !st.ok()) {
+          order.unlock();
           return st;
         }
       }
+      e.scan_id = order.next_id();
+      order.record(e.scan_id, mask, std::as_bytes(std::span<const Entry>(&e, 1)));
+      Status st = insert(e);
+      order.unlock();
+      NRX_RETURN_IF_ERROR(st);
     }
     ScanContext& sc = scan_contexts_[token.tid];
     SpinWait wait;
     // acquire: pairs with the executor's release; the response is visible.
-    while (sc.done_id.load(std::memory_order_acquire) != e.scan_id) {
+    for (uint32_t spins = 0; sc.done_id.load(std::memory_order_acquire) != e.scan_id; ++spins) {
       help(mask, UINT32_MAX);
+      if ((spins & 1023) == 1023) recover_orphan();
       wait.pause();
     }
     return std::move(sc.response);
   }
+
+  // With the scan lock held: appends scan |e| to every log of its mask, in ascending order.
+  Status insert(const Entry& e) {
+    for (uint64_t m = e.scan_mask; m != 0; m &= m - 1) {
+      const uint32_t li = static_cast<uint32_t>(std::countr_zero(m));
+      PerLog& pl = logs_[li];
+      // Our combiner of this log, only for the append (apply_own may run while it waits for
+      // space). Never two at once, so no lock order to get wrong.
+      pl.combiner.lock();
+      Status st = append_locked(li, &e, 1);
+      pl.combiner.unlock();
+      if (!st.ok()) {
+        // The scan sits in some logs but will never reach this one: nobody can run it, and
+        // every log it entered would stop at it for good. Cancel it (still under the scan lock,
+        // so no later scan is ordered after it yet); appliers then skip its entries.
+        group_.order_->cancel(e.scan_id);
+        return st;
+      }
+    }
+    return ok_status();
+  }
+
+  // With the scan lock taken over from a dead holder: appends its scan to every log of its mask
+  // (a log that holds it already gets a second copy, which replicas skip) and forgets it.
+  Status complete_orphan(const ScanOrder::Orphan& orphan) {
+    ScanOrder& order = *group_.order_;
+    Entry e{};
+    const bool fits = orphan.entry.size() == sizeof(Entry);
+    if (fits) std::memcpy(static_cast<void*>(&e), orphan.entry.data(), sizeof(Entry));
+    if (!fits || e.scan_id != orphan.id || e.scan_mask != orphan.mask || (e.scan_mask & ~group_.all_logs_mask()) != 0 ||
+        (e.kind != Entry::kScanRead && e.kind != Entry::kScanUpdate)) {
+      // Not an entry this build wrote: it cannot be completed, so nobody may wait for it.
+      order.cancel(orphan.id);
+      order.clear_orphan();
+      return ok_status();
+    }
+    Status st = insert(e);  // cancels it on failure
+    order.clear_orphan();
+    orphans_completed_.fetch_add(st.ok() ? 1 : 0, std::memory_order_relaxed);
+    return st;
+  }
+
+ public:
+  // If the scan lock's holder died, takes the lock over and completes its scan (see scan_order.h,
+  // "Orphans"). Never waits for a live holder. Called from wait loops (no combiner held) and by
+  // owners whose threads may all be waiting at the orphan (the kernel's idle tick).
+  void recover_orphan() {
+    ScanOrder& order = *group_.order_;
+    std::optional<ScanOrder::Orphan> orphan = order.try_take_over();
+    if (!orphan.has_value()) return;
+    if (orphan->id != 0) (void)complete_orphan(*orphan);  // an error cancelled it
+    order.unlock();
+  }
+  uint64_t orphans_completed() const { return orphans_completed_.load(std::memory_order_relaxed); }
+
+ private:
 
   // Appends |n| entries to log |li| with this replica's combiner of that log held.
   Status append_locked(uint32_t li, const Entry* const* entries, uint32_t n) {
@@ -464,7 +521,13 @@ class ConcurrentReplica {
     auto done = typed.exec_while(id_, [this, li, mode](logs::LogIndex i, logs::ReplicaId w, const Entry& e) {
       return apply(li, i, w, e, mode);
     });
-    NRX_CHECK(done.ok(), "replica is not registered with its log");
+    if (!done.ok()) {
+      // Not registered, or (shared logs) fenced: the other replicas went on without this one, so
+      // it must not apply anything more. A fenced process stops here, loudly.
+      const std::string why = "CNR replica " + std::to_string(id_) + " cannot apply log " + std::to_string(li) + ": " +
+                              done.status().to_string();
+      ::nrx::detail::check_failed(__FILE__, __LINE__, "done.ok()", why.c_str());
+    }
   }
 
   // Applies one entry of log |li| (this replica's combiner of |li| is held). Returns false when
@@ -558,7 +621,7 @@ class ConcurrentReplica {
       }
       scans_executed_.fetch_add(1, std::memory_order_relaxed);
     }
-    if (e.issuer_replica == id_) {
+    if (e.issuer_replica == id_ && e.issuer_tid < options_.max_threads) {  // (an orphan's issuer is gone)
       ScanContext& sc = scan_contexts_[e.issuer_tid];
       sc.response = std::move(r);
       // release: the response is visible before the issuer sees its scan done.
@@ -588,6 +651,7 @@ class ConcurrentReplica {
   std::atomic<uint64_t> scans_executed_{0};
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> combined_ops_{0};
+  std::atomic<uint64_t> orphans_completed_{0};
 };
 
 template <ConcurrentDispatch D, LogMapperFor<D> M, typename L>

@@ -275,7 +275,7 @@ TEST(BootShm, TwoKernelProcessesAgree) {
   const size_t sub_a = out_a.find("\"subsystems\""), sub_b = out_b.find("\"subsystems\"");
   ASSERT_NE(sub_a, std::string::npos);
   ASSERT_NE(sub_b, std::string::npos);
-  for (const char* subsystem : {"\"proc\""}) {
+  for (const char* subsystem : {"\"proc\"", "\"fs\""}) {
     const auto da = array_after(out_a.substr(sub_a), subsystem, "digests");
     const auto db = array_after(out_b.substr(sub_b), subsystem, "digests");
     ASSERT_EQ(da.size(), 2u) << subsystem;

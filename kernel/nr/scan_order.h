@@ -1,0 +1,152 @@
+// How a CNR group orders its scans (cnr.h): one scan at a time enters its logs, each with the next
+// scan id, so every log holds scans in the same order; and a record of the scans that could not
+// enter all their logs (cancelled: every replica skips them).
+//
+// - LocalScanOrder: every replica of the group lives in this process (a mutex and a counter).
+// - SharedScanOrder: the replicas live in several processes (or machines) whose logs sit in
+//   shared memory (logs/shm, coherent mode). Lock, next id and cancel list are words in a small
+//   region of that memory. The lock word names its holder (host tag, pid: base/host.h).
+//
+// Orphans. A process that dies while holding the shared lock may have put its scan into some of
+// its logs and not the others; replicas that reached it wait there. Before inserting, the holder
+// records the scan's entry in the region. Whoever takes the lock over from a dead holder
+// (lock(), or try_take_over() from a replica's wait loop) gets that entry as the orphan and
+// appends it to every log of its mask before anything else. In a log that already holds it, the
+// second copy comes right after the first with no other scan between (the lock was held
+// throughout), and replicas skip it as an already released scan; elsewhere it completes the
+// barrier. So an orphan runs, at every replica, exactly once: an operation of a dead process that
+// may or may not take effect, as for any operation whose issuer died before its answer.
+// "Dead" is provable only on the holder's own host (pid gone). A holder on another host is
+// presumed dead once it has held the lock longer than |remote_lease| (its clock and ours must
+// roughly agree: QEMU guests of one host do).
+//
+// Thread safety: all methods may be called from any thread; lock() blocks until the lock is held
+// (or its timeout passes); the holder calls next_id, record, cancel, clear_orphan and unlock.
+//
+//   NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::create(region_bytes, {.cluster_id = 7}));
+//   auto group = CnrGroup<Map, Mapper, logs::ShmLog>::create(4, options, make_log, {}, std::move(order));
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "base/function_ref.h"
+#include "base/mutex.h"
+#include "base/status.h"
+#include "base/thread_annotations.h"
+
+namespace nrx::nr {
+
+class ScanOrder {
+ public:
+  // A scan whose holder died while inserting it: its entry bytes and the logs it enters.
+  struct Orphan {
+    uint64_t id = 0;
+    uint64_t mask = 0;
+    std::vector<std::byte> entry;
+  };
+
+  virtual ~ScanOrder() = default;
+
+  // Takes the lock. If it was taken over from a dead holder, returns that holder's orphan scan.
+  // While it waits for another process's holder it calls |while_waiting| now and then: the
+  // holder may be appending to a full log that only this process's replicas can drain (no
+  // lagging-replica hook reaches across processes), so the waiter must keep them moving.
+  // Errors: kDeadlineExceeded (held by a live holder for the whole timeout), kResourceExhausted
+  // (the cancel list is full: no scan can be cancelled any more, so none may start).
+  virtual Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) = 0;
+  // Takes the lock only if its holder is dead (never waits). nullopt: not taken (free, or a live
+  // holder). A taken lock may carry an orphan (Orphan::id != 0) or not (id 0).
+  virtual std::optional<Orphan> try_take_over() = 0;
+  // Holder only: the next scan id (1, 2, ...; increasing across the group).
+  virtual uint64_t next_id() = 0;
+  // Holder only: scan |id| with |entry| (at most max_entry_bytes()) is about to enter |mask|'s logs.
+  virtual void record(uint64_t id, uint64_t mask, std::span<const std::byte> entry) = 0;
+  // Holder only: the orphan is complete (every log of its mask holds it) or cancelled.
+  virtual void clear_orphan() = 0;
+  // Holder only: scan |id| did not enter all its logs and never will; replicas skip it.
+  virtual void cancel(uint64_t id) = 0;
+  virtual bool is_cancelled(uint64_t id) = 0;
+  // Holder only: releases the lock (forgetting the recorded scan).
+  virtual void unlock() = 0;
+  virtual size_t max_entry_bytes() const = 0;
+};
+
+class LocalScanOrder final : public ScanOrder {
+ public:
+  // The mutex is held across calls (lock() ... unlock()), which the analysis cannot follow.
+  // Blocks on a mutex: in one process, the lagging-replica hooks keep every replica moving.
+  Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) override NRX_NO_THREAD_SAFETY_ANALYSIS;
+  std::optional<Orphan> try_take_over() override { return std::nullopt; }  // a holder here is alive
+  uint64_t next_id() override NRX_NO_THREAD_SAFETY_ANALYSIS { return next_++; }
+  void record(uint64_t, uint64_t, std::span<const std::byte>) override {}
+  void clear_orphan() override {}
+  void cancel(uint64_t id) override NRX_EXCLUDES(cancel_mu_);
+  bool is_cancelled(uint64_t id) override NRX_EXCLUDES(cancel_mu_);
+  void unlock() override NRX_NO_THREAD_SAFETY_ANALYSIS { mu_.unlock(); }
+  size_t max_entry_bytes() const override { return SIZE_MAX; }
+
+ private:
+  Mutex mu_;
+  uint64_t next_ NRX_GUARDED_BY(mu_) = 1;
+  Mutex cancel_mu_;
+  std::vector<uint64_t> cancelled_ NRX_GUARDED_BY(cancel_mu_);
+  std::atomic<uint32_t> cancelled_count_{0};
+};
+
+struct SharedScanOrderOptions {
+  uint64_t cluster_id = 0;  // must match on attach
+  std::chrono::nanoseconds lock_timeout = std::chrono::seconds(60);
+  std::chrono::nanoseconds remote_lease = std::chrono::seconds(30);  // see "Orphans"
+};
+
+// The region's layout (offsets from its start; the region is 4 KiB or more, 8-byte aligned):
+//   0 magic "NRXSCAN1", 8 layout version, 12 entry capacity, 16 cluster id, 24 cancel capacity;
+//   64 lock word (host tag << 32 | pid; 0 free), 72 when the holder took it (CLOCK_REALTIME ns),
+//   80 recorded scan id (0: none), 88 its mask, 96 its entry length, 104 next scan id;
+//   128 cancelled count; 136 cancelled ids; then the recorded entry (entry capacity bytes).
+class SharedScanOrder final : public ScanOrder {
+ public:
+  static constexpr size_t kRegionBytes = 4096;
+  static constexpr uint32_t kEntryCapacity = 512;
+
+  // Initialises |region| (at least kRegionBytes, 8-byte aligned; any previous content is lost).
+  // The region must outlive the object. Errors: kInvalidArgument (too small, misaligned).
+  static Result<std::unique_ptr<SharedScanOrder>> create(std::span<std::byte> region, SharedScanOrderOptions options);
+  // Attaches to a region another process created. Errors: kInvalidArgument (too small,
+  // misaligned), kFailedPrecondition (not a scan-order region, another layout version or cluster).
+  static Result<std::unique_ptr<SharedScanOrder>> attach(std::span<std::byte> region, SharedScanOrderOptions options);
+
+  Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) override;
+  std::optional<Orphan> try_take_over() override;
+  uint64_t next_id() override;
+  void record(uint64_t id, uint64_t mask, std::span<const std::byte> entry) override;
+  void clear_orphan() override;
+  void cancel(uint64_t id) override;
+  bool is_cancelled(uint64_t id) override;
+  void unlock() override;
+  size_t max_entry_bytes() const override { return kEntryCapacity; }
+
+  // Locks taken over from dead holders, and orphans handed out (statistics, tests).
+  uint64_t take_overs() const { return take_overs_.load(std::memory_order_relaxed); }
+
+ private:
+  SharedScanOrder(std::byte* base, SharedScanOrderOptions options) : base_(base), options_(options) {}
+  uint64_t* word(size_t offset) const { return reinterpret_cast<uint64_t*>(base_ + offset); }
+  bool holder_dead(uint64_t holder) const;
+  // With the lock just taken (over): the stamp, and the recorded scan if there is one.
+  std::optional<Orphan> acquired(bool from_dead);
+  uint32_t cancel_capacity() const;
+
+  std::byte* base_;
+  SharedScanOrderOptions options_;
+  std::atomic<uint64_t> take_overs_{0};
+};
+
+}  // namespace nrx::nr
