@@ -8,6 +8,8 @@
 #include <latch>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <thread>
 
 #include "base/mutex.h"
@@ -22,6 +24,7 @@
 #include "logs/ring/ring_log.h"
 #include "logs/shm/shm_log.h"
 #include "transport/region.h"
+#include "transport/region_directory.h"
 
 namespace nrx::boot {
 namespace {
@@ -258,8 +261,10 @@ struct Kernel::Impl {
   // kShm: which local node a shared log's replica id belongs to (-1: another machine's). Filled
   // at boot, before any core starts, and only read afterwards.
   std::vector<int32_t> node_of_replica_id;
-  // kShm: NR-FS's shared scan order (<region>.fsscan); declared before |fs|, which uses it.
-  std::shared_ptr<transport::Region> fs_scan_region;
+  // kShm: the one shared region and its directory of windows (each log, NR-FS's scan order);
+  // declared before the subsystems that use them.
+  std::shared_ptr<transport::Region> shm_region;
+  std::optional<transport::RegionDirectory> shm_dir;
   std::unique_ptr<TablePort> table;
   std::unique_ptr<FsPort> fs;
   std::vector<std::unique_ptr<KernelCore>> cores;
@@ -302,62 +307,96 @@ struct Kernel::Impl {
     };
   }
 
-  // Shared-memory logs: the region file <prefix>.<name><log_id>, created (machine 0) or attached.
+  // kShm: maps the one shared region and opens its directory. Machine 0 creates (a /dev/shm file)
+  // or takes (a device-dax device, an ivshmem BAR) the region and formats it; the others wait for
+  // it to appear and for machine 0 to seal its directory (a VM may start before machine 0's).
+  Status open_shm_region() {
+    const ShmPlacement& sp = options.shm;
+    const std::string& path = sp.region;
+    const bool dax = path.rfind("/dev/dax", 0) == 0;
+    const bool bar = path.rfind("/sys/", 0) == 0 && path.find("/resource") != std::string::npos;
+    const auto deadline = std::chrono::steady_clock::now() + sp.join_timeout;
+    for (;;) {
+      Result<transport::Region> r = dax   ? transport::Region::attach_dax(path)
+                                    : bar ? transport::Region::attach_pci_bar(path)
+                                    : sp.attach
+                                        ? transport::Region::attach_file(path)
+                                        : transport::Region::create_file(path, sp.region_bytes,
+                                                                         {.replace_existing = true, .unlink_on_close = true});
+      if (r.ok()) {
+        shm_region = std::make_shared<transport::Region>(std::move(*r));
+        break;
+      }
+      // Not there yet (machine 0 creates it), or half-made (created, not yet sized): wait.
+      const bool wait = sp.attach && (r.status().code() == StatusCode::kNotFound ||
+                                      r.status().code() == StatusCode::kFailedPrecondition);
+      if (!wait || std::chrono::steady_clock::now() >= deadline) return r.status();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling for the file, with a deadline
+    }
+    if (sp.attach) {
+      const auto left = std::max<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now(),
+                                                           std::chrono::milliseconds(1));
+      NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
+                           transport::RegionDirectory::open(shm_region->bytes(), sp.cluster_id, left));
+      shm_dir.emplace(d);
+    } else {
+      NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
+                           transport::RegionDirectory::format(shm_region->bytes(), sp.cluster_id));
+      shm_dir.emplace(d);
+    }
+    return ok_status();
+  }
+
+  // Machine 0 allocates window |name| of |bytes| in the shared region; the others find it.
+  Result<std::span<std::byte>> shm_window(const std::string& name, uint64_t bytes) {
+    if (options.shm.attach) return shm_dir->find(name);
+    return shm_dir->allocate(name, bytes);
+  }
+
+  // Shared-memory logs: window <name><log_id> of the shared region, created (machine 0) or
+  // attached.
   auto shm_log_creator(std::string name) {
     return [this, name](const logs::LogOptions& o) -> Result<std::unique_ptr<logs::ShmLog>> {
       const ShmPlacement& sp = options.shm;
-      const std::string path = sp.region + "." + name + (name == "fs" ? std::to_string(o.log_id) : "");
+      const std::string window = name + (name == "fs" ? std::to_string(o.log_id) : "");
       logs::LaggingReplicaHook hook = nudging_hook(o.on_lagging, /*ids_are_nodes=*/false);
-      if (sp.attach) {
-        NRX_ASSIGN_OR_RETURN(transport::Region region, transport::Region::attach_file(path));
-        auto owner = std::make_shared<transport::Region>(std::move(region));
-        NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::ShmLog> log,
-                             logs::ShmLog::attach(owner->bytes(), {.cluster_id = sp.cluster_id,
-                                                                   .expected_epoch = 0,
-                                                                   .mode = logs::ShmMode::kCoherent,
-                                                                   .client = sp.machine,
-                                                                   .full_timeout = o.full_timeout,
-                                                                   .on_lagging = hook,
-                                                                   .keep_alive = owner}));
-        if (log->tail() != 0) {
-          return Status::failed_precondition(path + " already holds " + std::to_string(log->tail()) +
-                                             " entries: joining a running cluster needs state transfer, "
-                                             "which nrx does not have yet");
-        }
-        return log;
-      }
       logs::LogOptions with = o;
       with.on_lagging = hook;
       // Payload slots hold NR-FS write data: one 4 KiB block and a path fit with room to spare.
-      const logs::ShmOptions so{.cluster_id = sp.cluster_id, .payload_bytes = uint64_t{with.payload_slots} * 8192};
-      const uint64_t bytes = (logs::ShmLog::region_bytes(with, so) + 4095) / 4096 * 4096;
-      if (bytes == 0) return Status::invalid_argument("no shm region fits these log options");
-      NRX_ASSIGN_OR_RETURN(transport::Region region,
-                           transport::Region::create_file(path, bytes, {.replace_existing = true, .unlink_on_close = true}));
-      auto owner = std::make_shared<transport::Region>(std::move(region));
-      logs::ShmOptions with_owner = so;
-      with_owner.keep_alive = owner;
-      return logs::ShmLog::create(owner->bytes(), with, with_owner);
+      const logs::ShmOptions so{.cluster_id = sp.cluster_id,
+                                .payload_bytes = uint64_t{with.payload_slots} * 8192,
+                                .keep_alive = shm_region};
+      const uint64_t bytes = logs::ShmLog::region_bytes(with, so);
+      if (bytes == 0) return Status::invalid_argument("no shm log fits these log options");
+      NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window(window, bytes));
+      if (!sp.attach) return logs::ShmLog::create(at, with, so);
+      NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::ShmLog> log,
+                           logs::ShmLog::attach(at, {.cluster_id = sp.cluster_id,
+                                                     .expected_epoch = 0,
+                                                     .mode = logs::ShmMode::kCoherent,
+                                                     .client = sp.machine,
+                                                     .full_timeout = o.full_timeout,
+                                                     .on_lagging = hook,
+                                                     .keep_alive = shm_region}));
+      if (log->tail() != 0) {
+        return Status::failed_precondition("shm log " + window + " already holds " + std::to_string(log->tail()) +
+                                           " entries: joining a running cluster needs state transfer, "
+                                           "which nrx does not have yet");
+      }
+      return log;
     };
   }
 
-  // NR-FS's scans are ordered across the kernel processes by a SharedScanOrder in its own small
-  // region, <region>.fsscan, created by machine 0 and attached by the others.
+  // NR-FS's scans are ordered across the kernel processes by a SharedScanOrder in window
+  // "fsscan" of the shared region.
   Result<std::unique_ptr<nr::ScanOrder>> shm_scan_order() {
-    const ShmPlacement& sp = options.shm;
-    const std::string path = sp.region + ".fsscan";
-    const nr::SharedScanOrderOptions so{.cluster_id = sp.cluster_id};
-    if (sp.attach) {
-      NRX_ASSIGN_OR_RETURN(transport::Region region, transport::Region::attach_file(path));
-      fs_scan_region = std::make_shared<transport::Region>(std::move(region));
-      NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::attach(fs_scan_region->bytes(), so));
+    const nr::SharedScanOrderOptions so{.cluster_id = options.shm.cluster_id};
+    NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window("fsscan", nr::SharedScanOrder::kRegionBytes));
+    if (options.shm.attach) {
+      NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::attach(at, so));
       return std::unique_ptr<nr::ScanOrder>(std::move(order));
     }
-    NRX_ASSIGN_OR_RETURN(transport::Region region,
-                         transport::Region::create_file(path, nr::SharedScanOrder::kRegionBytes,
-                                                        {.replace_existing = true, .unlink_on_close = true}));
-    fs_scan_region = std::make_shared<transport::Region>(std::move(region));
-    NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::create(fs_scan_region->bytes(), so));
+    NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::create(at, so));
     return std::unique_ptr<nr::ScanOrder>(std::move(order));
   }
 
@@ -739,6 +778,7 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
     // Every machine's replicas share NR-FS's logs. Its namespace operations are CNR scans, ordered
     // across the kernel processes by a scan order in shared memory (nr::SharedScanOrder).
     fo.max_replicas = total_nodes;
+    NRX_RETURN_IF_ERROR(impl->open_shm_region());
     NRX_ASSIGN_OR_RETURN(std::unique_ptr<nr::ScanOrder> order, impl->shm_scan_order());
     NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<logs::ShmLog>::create_with(*impl->memory, fo,
                                                                               impl->shm_log_creator("fs"),
@@ -746,6 +786,7 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
     impl->fs = std::make_unique<FsPortImpl<logs::ShmLog>>(std::move(nrfs));
     NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::ShmLog>::create(lo, impl->shm_log_creator("proc"),
                                                                           impl->nodes, total_nodes, cpn));
+    if (!options.shm.attach) impl->shm_dir->seal();  // every window is in place: others may attach
   }
   // Replica ids on the shared logs -> local nodes (the hooks' nudges). NR-FS's replicas register on
   // each log in the same order as the table's, so one map serves every log of this kernel.
@@ -1021,7 +1062,9 @@ std::string Kernel::describe() const {
   std::string s;
   s += "memory  " + k.memory->describe() + "\n";
   if (shm) {
-    s += "shm     regions " + k.options.shm.region + ".{proc,fs0..,fsscan}" +
+    s += "shm     region " + k.options.shm.region + " (" + k.shm_region->describe() + "; " +
+         transport::format_bytes(k.shm_dir->used()) + " in " + std::to_string(k.shm_dir->count()) +
+         " windows: proc, fs0.., fsscan)" +
          " (coherent), machine " +
          std::to_string(k.options.shm.machine) + " of " + std::to_string(k.options.shm.machines) + ", nodes " +
          std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) + " of the cluster\n";

@@ -67,19 +67,25 @@ enum class LogBackend : uint8_t {
           // "machine", share the process table and NR-FS (emulated CXL shared memory)
 };
 
-// kShm: the regions are files |region|.proc, |region|.fs0 .. .fsN-1 and |region|.fsscan
-// (transport::Region). Every machine's replicas share the process table (pids, cores) and NR-FS;
-// NR-FS's scans (namespace operations) are ordered across the processes by the scan order in
-// .fsscan (nr::SharedScanOrder). The kernel that creates them is machine 0; others attach as machines 1..machines-1, each with the
+// kShm: everything shared lives in ONE region (transport::Region), carved into named windows by a
+// transport::RegionDirectory: the process table's log "proc", NR-FS's logs "fs0".."fsN-1" and its
+// scan order "fsscan" (nr::SharedScanOrder, which orders NR-FS's namespace operations across the
+// processes). |region| is a /dev/shm file (machine 0 creates it, of |region_bytes|, sparse), an
+// ivshmem BAR (/sys/bus/pci/devices/BDF/resource2) or a device-dax device (/dev/daxX.Y), which
+// machine 0 formats. Every machine's replicas share the process table (pids, cores) and NR-FS.
+// The kernel that creates them is machine 0; others attach as machines 1..machines-1, each with the
 // same number of nodes; machine m's node n is node m * nodes + n of the shared process table.
 // Attaching works only before the cluster's first operation (there is no state transfer yet):
 // a log that already holds entries is refused.
 struct ShmPlacement {
-  std::string region;        // path prefix, e.g. /dev/shm/nrx
+  std::string region;        // the shared region's path, e.g. /dev/shm/nrx
   bool attach = false;       // join regions another kernel created (else create them)
   uint32_t machine = 0;      // this kernel's machine number
   uint32_t machines = 1;     // kernels sharing the regions
   uint64_t cluster_id = 1;   // must match between them
+  uint64_t region_bytes = uint64_t{512} << 20;  // machine 0, a /dev/shm file: its size (sparse)
+  // Machines 1..: how long to wait for the region to appear and machine 0 to seal its directory.
+  std::chrono::nanoseconds join_timeout = std::chrono::seconds(60);
 };
 
 struct KernelOptions {

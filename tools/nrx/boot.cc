@@ -308,9 +308,10 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   const bool node_cmd = std::string(name) == "node";
   cli::Command cmd(name,
                    node_cmd
-                       ? "Start another nrx kernel process on the shared-memory regions a `nrx boot --log shm`\n"
-                         "created: a second \"machine\" on this host whose replicas join the same process-table\n"
-                         "and NR-FS logs (emulated CXL shared memory). It runs the demo on its own nodes and cores,\n"
+                       ? "Start another nrx kernel process on the shared region a `nrx boot --log shm` formats:\n"
+                         "another \"machine\" (a process on this host, or a VM sharing an ivshmem or CXL region)\n"
+                         "whose replicas join the same process-table and NR-FS logs. Waits up to 60 s for the\n"
+                         "region and for machine 0 to finish formatting it. It runs the demo on its own nodes and cores,\n"
                          "waits until every machine is done, and checks that its replicas agree with each other;\n"
                          "compare its digests with the other machines'. Exits 0 when every check passes."
                        : "Boot the nrx kernel on this machine's NUMA topology: one replica per node of the process\n"
@@ -319,7 +320,9 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
                          "process loaded from a real ELF image with one core on every node. Checks that all replicas\n"
                          "agree and prints a summary. Exits 0 when every check passes, 1 when one fails.");
   if (node_cmd) {
-    cmd.option("attach", "PATH", "the region prefix `nrx boot --log shm --region PATH` created (required)");
+    cmd.option("attach", "PATH",
+               "the shared region `nrx boot --log shm --region PATH` formats: the same file, or this\n"
+               "      machine's view of it (an ivshmem BAR resource2 file, a /dev/daxX.Y device) (required)");
     cmd.option("machine", "K", "this kernel's machine number (1..machines-1)", "1");
     cmd.option("machines", "M", "kernel processes sharing the regions", "2");
   }
@@ -331,7 +334,11 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
                "operation-log backend of the process table and NR-FS: ring, or shm (shared-memory regions\n"
                "      that `nrx node --attach` processes join); rdma comes with its issue",
                "ring");
-    cmd.option("region", "PATH", "--log shm: the region files' prefix (PATH.proc, PATH.fs0, ...)", "/dev/shm/nrx");
+    cmd.option("region", "PATH",
+               "--log shm: the shared region: a /dev/shm file (created), or an ivshmem BAR\n"
+               "      (/sys/bus/pci/devices/BDF/resource2) or device-dax device (/dev/daxX.Y), formatted",
+               "/dev/shm/nrx");
+    cmd.option("region-size", "MIB", "--log shm: the size of a /dev/shm region file (sparse)", "512");
     cmd.option("machines", "M", "--log shm: wait for M-1 `nrx node` processes before the demo", "1");
   }
   cmd.option("memory", "MIB", "physical memory per node, in MiB (a multiple of 2)", "256");
@@ -376,9 +383,14 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
     shm.machine = static_cast<uint32_t>(*machine);
     shm.attach = node_cmd;
     shm.region = cmd.get(node_cmd ? "attach" : "region").value_or(node_cmd ? "" : "/dev/shm/nrx");
+    if (!node_cmd) {
+      auto mib = cmd.get_u64("region-size", 512, 4, uint64_t{1} << 20);
+      if (!mib.ok()) return cli::fail(cmd, mib.status());
+      shm.region_bytes = *mib << 20;
+    }
     if (shm.region.empty()) return cli::fail(cmd, Status::invalid_argument("--attach PATH is required"));
-  } else if (cmd.has("region") || cmd.has("machines")) {
-    return cli::fail(cmd, Status::invalid_argument("--region and --machines go with --log shm"));
+  } else if (cmd.has("region") || cmd.has("machines") || cmd.has("region-size")) {
+    return cli::fail(cmd, Status::invalid_argument("--region, --region-size and --machines go with --log shm"));
   }
   const bool json = cmd.flag_set("json");
   const bool interactive = cmd.flag_set("interactive");
