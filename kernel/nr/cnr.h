@@ -387,7 +387,7 @@ class ConcurrentReplica {
                            order.lock([this] { help(group_.all_logs_mask(), UINT32_MAX); }));
       if (orphan.has_value() && orphan->id != 0) {
         if (Status st = complete_orphan(*orphan); !st.ok()) {
-          order.unlock();
+          order.unlock_keeping_orphan();  // the next holder tries again
           return st;
         }
       }
@@ -408,17 +408,13 @@ class ConcurrentReplica {
     return std::move(sc.response);
   }
 
-  // With the scan lock held: appends scan |e| to every log of its mask, in ascending order.
+  // With the scan lock held: appends our new scan |e| to every log of its mask, in ascending
+  // order. A waiter at |e| holds the combiner of a log |e| already entered, and we only need the
+  // higher ones next, so waiting for their combiners closes no cycle.
   Status insert(const Entry& e) {
     for (uint64_t m = e.scan_mask; m != 0; m &= m - 1) {
       const uint32_t li = static_cast<uint32_t>(std::countr_zero(m));
-      PerLog& pl = logs_[li];
-      // Our combiner of this log, only for the append (apply_own may run while it waits for
-      // space). Never two at once, so no lock order to get wrong.
-      pl.combiner.lock();
-      Status st = append_locked(li, &e, 1);
-      pl.combiner.unlock();
-      if (!st.ok()) {
+      if (Status st = append_one(li, e); !st.ok()) {
         // The scan sits in some logs but will never reach this one: nobody can run it, and
         // every log it entered would stop at it for good. Cancel it (still under the scan lock,
         // so no later scan is ordered after it yet); appliers then skip its entries.
@@ -429,8 +425,25 @@ class ConcurrentReplica {
     return ok_status();
   }
 
+  Status append_one(uint32_t li, const Entry& e) {
+    PerLog& pl = logs_[li];
+    // Our combiner of this log, only for the append (apply_own may run while it waits for
+    // space). Never two at once, so no lock order to get wrong.
+    pl.combiner.lock();
+    Status st = append_locked(li, &e, 1);
+    pl.combiner.unlock();
+    return st;
+  }
+
   // With the scan lock taken over from a dead holder: appends its scan to every log of its mask
   // (a log that holds it already gets a second copy, which replicas skip) and forgets it.
+  // In DESCENDING log order: the dead holder went up from the lowest log, so the logs that already
+  // hold the orphan are the low ones, where one of our own threads may wait at it holding that
+  // log's combiner. Going down, every log above already holds it when we reach such a log, so
+  // the waiter's replica runs the orphan and the waiter lets go (ascending, we would wait for it
+  // while it waits for us). Never cancelled: the orphan may sit in every log already and have run
+  // somewhere; if an append fails (a log stayed full), the caller releases the lock keeping the
+  // record and the next holder tries again.
   Status complete_orphan(const ScanOrder::Orphan& orphan) {
     ScanOrder& order = *group_.order_;
     Entry e{};
@@ -443,10 +456,14 @@ class ConcurrentReplica {
       order.clear_orphan();
       return ok_status();
     }
-    Status st = insert(e);  // cancels it on failure
+    for (uint64_t m = e.scan_mask; m != 0;) {
+      const uint32_t li = 63 - static_cast<uint32_t>(std::countl_zero(m));
+      m &= ~(uint64_t{1} << li);
+      NRX_RETURN_IF_ERROR(append_one(li, e));
+    }
     order.clear_orphan();
-    orphans_completed_.fetch_add(st.ok() ? 1 : 0, std::memory_order_relaxed);
-    return st;
+    orphans_completed_.fetch_add(1, std::memory_order_relaxed);
+    return ok_status();
   }
 
  public:
@@ -457,7 +474,10 @@ class ConcurrentReplica {
     ScanOrder& order = *group_.order_;
     std::optional<ScanOrder::Orphan> orphan = order.try_take_over();
     if (!orphan.has_value()) return;
-    if (orphan->id != 0) (void)complete_orphan(*orphan);  // an error cancelled it
+    if (orphan->id != 0 && !complete_orphan(*orphan).ok()) {
+      order.unlock_keeping_orphan();  // the next holder tries again
+      return;
+    }
     order.unlock();
   }
   uint64_t orphans_completed() const { return orphans_completed_.load(std::memory_order_relaxed); }
@@ -547,6 +567,9 @@ class ConcurrentReplica {
       return true;
     }
     if (e.kind != Entry::kScanRead && e.kind != Entry::kScanUpdate) return true;  // unknown: skipped everywhere
+    // A scan entry from a shared log is input: one whose mask misses this log or names logs we do
+    // not have is skipped too (every replica reads the same bytes, so all skip it).
+    if ((e.scan_mask >> li & 1) == 0 || (e.scan_mask & ~group_.all_logs_mask()) != 0) return true;
     // Every replica stops at every scan, also a scan-read it will not execute. Otherwise a
     // replica could complete a write placed after the scan in one log and then a write placed
     // before it in a log the scan has not entered yet, and the scan's cut would see the second

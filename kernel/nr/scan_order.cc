@@ -213,6 +213,10 @@ bool SharedScanOrder::is_cancelled(uint64_t id) {
 
 void SharedScanOrder::unlock() {
   at(word(kRecIdOff)).store(0, std::memory_order_relaxed);
+  unlock_keeping_orphan();
+}
+
+void SharedScanOrder::unlock_keeping_orphan() {
   at(word(kSinceOff)).store(0, std::memory_order_relaxed);
   // release: this holder's writes (ids, cancels, log appends) happen before the next holder's.
   at(word(kLockOff)).store(0, std::memory_order_release);

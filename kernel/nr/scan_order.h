@@ -18,7 +18,13 @@
 // may or may not take effect, as for any operation whose issuer died before its answer.
 // "Dead" is provable only on the holder's own host (pid gone). A holder on another host is
 // presumed dead once it has held the lock longer than |remote_lease| (its clock and ours must
-// roughly agree: QEMU guests of one host do).
+// roughly agree: QEMU guests of one host do). The taker appends in descending log order and never
+// cancels an orphan (cnr.h, complete_orphan, says why). Threads waiting at an orphan do not take
+// over themselves (they hold a combiner): some thread of the process must call
+// ConcurrentReplica::recover_orphan() now and then (the kernel's idle tick, via NR-FS's advance).
+// Risks: a remote holder that is slow, not dead, and outlives the lease makes two holders, whose
+// scans may enter the logs in different orders; a dead holder's pid reused by another process of
+// its host hides its death, and scans then fail with kDeadlineExceeded.
 //
 // Thread safety: all methods may be called from any thread; lock() blocks until the lock is held
 // (or its timeout passes); the holder calls next_id, record, cancel, clear_orphan and unlock.
@@ -75,6 +81,9 @@ class ScanOrder {
   virtual bool is_cancelled(uint64_t id) = 0;
   // Holder only: releases the lock (forgetting the recorded scan).
   virtual void unlock() = 0;
+  // Holder only: releases the lock but keeps the recorded scan, which the next holder gets as an
+  // orphan (an orphan whose completion failed, e.g. a log stayed full: it must not be cancelled).
+  virtual void unlock_keeping_orphan() = 0;
   virtual size_t max_entry_bytes() const = 0;
 };
 
@@ -90,6 +99,7 @@ class LocalScanOrder final : public ScanOrder {
   void cancel(uint64_t id) override NRX_EXCLUDES(cancel_mu_);
   bool is_cancelled(uint64_t id) override NRX_EXCLUDES(cancel_mu_);
   void unlock() override NRX_NO_THREAD_SAFETY_ANALYSIS { mu_.unlock(); }
+  void unlock_keeping_orphan() override NRX_NO_THREAD_SAFETY_ANALYSIS { mu_.unlock(); }  // never has one
   size_t max_entry_bytes() const override { return SIZE_MAX; }
 
  private:
@@ -131,6 +141,7 @@ class SharedScanOrder final : public ScanOrder {
   void cancel(uint64_t id) override;
   bool is_cancelled(uint64_t id) override;
   void unlock() override;
+  void unlock_keeping_orphan() override;
   size_t max_entry_bytes() const override { return kEntryCapacity; }
 
   // Locks taken over from dead holders, and orphans handed out (statistics, tests).
