@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# deploy/image.sh: the guest image of an nrx QEMU cluster, built from Debian packages and cached.
+#
+# The image is two files that QEMU boots directly (-kernel/-initrd, no disk, no bootloader):
+#   OUT/vmlinux           the uncompressed Debian kernel, booted through its PVH entry (about 3 s
+#                         faster under TCG than the bzImage, see /work/shared/notes/qemu.md)
+#   OUT/initramfs.cpio    busybox-static, kmod's modprobe, the kernel modules the cluster needs, the
+#                         nrx binaries with their shared libraries, and an /init that runs the
+#                         script QEMU passes through fw_cfg (opt/nrx/script), prints `NRX-EXIT <rc>`
+#                         on the console and powers off.
+# The kernel is downloaded once (OUT/kernel/<version>/, with its modules); the initramfs is rebuilt
+# whenever one of its inputs changes (a binary's contents, busybox, kmod, the module list, this
+# script), judged by a SHA-256 stamp, so `vm.sh up` can call this every time at ~0.2 s.
+#
+# Usage example:
+#   deploy/image.sh                          # build or refresh build/guest/ for build/bin/nrx
+#   deploy/image.sh --bin build/bin/nrx --bin build/bin/cnr_test --out /tmp/guest
+#   eval "$(deploy/image.sh)"; echo "$NRX_KERNEL $NRX_INITRAMFS"
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+self="$root/deploy/image.sh"
+
+say() { printf 'image: %s\n' "$*" >&2; }
+die() { printf 'image: error: %s\n' "$*" >&2; exit 2; }
+
+usage() {
+  cat <<'USAGE'
+usage: deploy/image.sh [options]
+
+Build (first use) or refresh the guest image of an nrx QEMU cluster: an uncompressed Debian kernel
+for PVH boot and an initramfs with busybox, kmod, kernel modules and the given binaries. Progress
+and timings go to stderr; stdout gets shell assignments NRX_KERNEL=... NRX_INITRAMFS=...
+NRX_KERNEL_VERSION=... (so `eval "$(deploy/image.sh)"` works).
+
+options:
+  --out DIR           image directory (default: build/guest under the repository)
+  --bin PATH          a binary to put in the guest's /usr/bin, with its libraries (repeatable; a
+                      directory adds every executable file in it; default: build/bin/nrx)
+  --module NAME       one more kernel module (with its dependencies) for the initramfs (repeatable)
+  --no-strip          keep the binaries' debug sections (default: strip them in the guest copy)
+  --compress C        initramfs compression: none (default: boots ~0.5 s faster under TCG and
+                      builds ~1 s faster than gzip; 16 MB instead of 6), gzip or zstd
+  --rebuild           rebuild the initramfs even when its stamp matches
+  --refresh-kernel    download and extract the kernel again
+  -h, --help          this text
+
+Needs (Debian 12): apt-get, dpkg, busybox-static, kmod, cpio, xz-utils; root is not needed
+(except to apt-get install missing packages). The kernel comes from the versioned package that
+`apt-cache depends linux-image-amd64` names.
+
+Modules always included: qemu_fw_cfg (the script channel) and, for CXL shared memory, cxl_acpi
+cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax. ivshmem needs no module (the guest uses
+/sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core).
+
+Guest helpers installed in /usr/bin:
+  nrx_ivshmem_bar [--phys] [N]   enable the N-th ivshmem device (default 0) and print its BAR2
+                                 sysfs file (.../resource2: mmap it MAP_SHARED; read() and
+                                 write() on it fail with EIO), or with --phys its physical address
+  nrx_ivshmem_poke OFFSET STRING [N]   write a short string into the shared memory (busybox devmem)
+  nrx_ivshmem_peek OFFSET LEN [N]      print it back (stops at the first NUL)
+USAGE
+}
+
+now() { echo "${EPOCHREALTIME/[.,]/}"; }         # microseconds
+mib() { echo "$(($(stat -c %s "$1") / 1048576)) MiB"; }
+elapsed() { local us=$(($(now) - $1)); printf '%d.%02d s' $((us / 1000000)) $((us % 1000000 / 10000)); }
+
+need() {  # command, package that provides it
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found; install it with: apt-get install $2"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Options
+out="$root/build/guest"
+bins=()
+extra_modules=()
+strip=1
+compress=none
+rebuild=0
+refresh_kernel=0
+while (($#)); do
+  case "$1" in
+    --out) [[ $# -ge 2 ]] || die "--out needs a directory"; out="$2"; shift ;;
+    --out=*) out="${1#*=}" ;;
+    --bin) [[ $# -ge 2 ]] || die "--bin needs a path"; bins+=("$2"); shift ;;
+    --bin=*) bins+=("${1#*=}") ;;
+    --module) [[ $# -ge 2 ]] || die "--module needs a name"; extra_modules+=("$2"); shift ;;
+    --module=*) extra_modules+=("${1#*=}") ;;
+    --no-strip) strip=0 ;;
+    --compress) [[ $# -ge 2 ]] || die "--compress needs gzip, zstd or none"; compress="$2"; shift ;;
+    --compress=*) compress="${1#*=}" ;;
+    --rebuild) rebuild=1 ;;
+    --refresh-kernel) refresh_kernel=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see deploy/image.sh --help)" ;;
+  esac
+  shift
+done
+case "$compress" in gzip|zstd|none) ;; *) die "--compress: '$compress' is not gzip, zstd or none" ;; esac
+((${#bins[@]})) || bins=("$root/build/bin/nrx")
+
+# Resolve --bin arguments to absolute paths of executable files.
+bin_files=()
+for b in "${bins[@]}"; do
+  if [[ -d "$b" ]]; then
+    found=0
+    for f in "$b"/*; do
+      [[ -f "$f" && -x "$f" ]] || continue
+      bin_files+=("$(realpath "$f")"); found=1
+    done
+    ((found)) || die "--bin $b: the directory holds no executable file"
+  elif [[ -f "$b" && -x "$b" ]]; then
+    bin_files+=("$(realpath "$b")")
+  elif [[ -e "$b" ]]; then
+    die "--bin $b: not an executable file"
+  else
+    die "--bin $b: no such file (build it first: ./nrx build)"
+  fi
+done
+
+need apt-get apt; need dpkg dpkg; need cpio cpio; need depmod kmod; need ldd libc-bin
+need sha256sum coreutils; need flock util-linux
+busybox_bin="$(command -v busybox || true)"
+[[ -n "$busybox_bin" ]] || die "busybox not found; install it with: apt-get install busybox-static"
+busybox_bin="$(realpath "$busybox_bin")"
+# The guest has no libc of its own beyond what ldd finds for the binaries: busybox must be static.
+if ldd "$busybox_bin" >/dev/null 2>&1; then
+  die "$busybox_bin is dynamically linked; install the static one: apt-get install busybox-static"
+fi
+kmod_bin="$(realpath "$(command -v kmod || echo /bin/kmod)")"
+[[ -x "$kmod_bin" ]] || die "kmod not found; install it with: apt-get install kmod"
+[[ "$compress" != zstd ]] || need zstd zstd
+
+mkdir -p "$out" || die "cannot create $out"
+out="$(realpath "$out")"
+# One builder at a time per image directory (vm.sh and a test may call this concurrently).
+exec 9>"$out/.lock"
+flock -w 900 9 || die "timed out waiting for another image.sh on $out"
+
+modules=(qemu_fw_cfg cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax "${extra_modules[@]}")
+total_start=$(now)
+
+# ---------------------------------------------------------------------------------------------
+# Kernel: the versioned Debian package, its modules (depmod'ed) and the uncompressed vmlinux.
+
+# extract_vmlinux BZIMAGE DEST: the x86 boot protocol (>= 2.08) records where the compressed
+# kernel sits: setup_sects at 0x1f1 (0 means 4), payload_offset/payload_length at 0x248/0x24c,
+# counted from the protected-mode code, which starts after (setup_sects + 1) sectors. The payload
+# starts with its compressor's magic; some compressors' payloads end with 4 bytes of appended size,
+# so success is judged by the output being an ELF file, not by the decompressor's exit status.
+extract_vmlinux() {
+  local bz="$1" dest="$2" sects version poff plen magic
+  [[ "$(od -An -tx1 -j 0x202 -N4 "$bz" | tr -d ' \n')" == 48647253 ]] \
+    || die "$bz is not a bzImage (no 'HdrS' at 0x202)"
+  version=$(od -An -tu2 -j 0x206 -N2 "$bz" | tr -d ' ')
+  ((version >= 0x208)) || die "$bz: boot protocol $version is older than 2.08 (no payload fields)"
+  sects=$(od -An -tu1 -j 0x1f1 -N1 "$bz" | tr -d ' ')
+  ((sects == 0)) && sects=4
+  poff=$(od -An -tu4 -j 0x248 -N4 "$bz" | tr -d ' ')
+  plen=$(od -An -tu4 -j 0x24c -N4 "$bz" | tr -d ' ')
+  local start=$(((sects + 1) * 512 + poff))
+  magic=$(od -An -tx1 -j "$start" -N6 "$bz" | tr -d ' \n')
+  local -a dec
+  case "$magic" in
+    1f8b*)         dec=(gzip -dc) ;;
+    fd377a585a00)  dec=(xz -dc --single-stream) ;;
+    28b52ffd*)     dec=(zstd -dc -q) ;;
+    425a68*)       dec=(bzip2 -dc) ;;
+    5d0000*)       dec=(xz -dc --format=lzma) ;;
+    02214c18*)     dec=(lz4 -dc) ;;
+    894c5a*)       dec=(lzop -dc) ;;
+    *) die "$bz: unknown compression (payload magic $magic at offset $start)" ;;
+  esac
+  command -v "${dec[0]}" >/dev/null || die "extracting vmlinux needs '${dec[0]}' (apt-get install it)"
+  tail -c +"$((start + 1))" "$bz" | head -c "$plen" | "${dec[@]}" >"$dest" 2>/dev/null || true
+  [[ "$(od -An -tx1 -N4 "$dest" | tr -d ' \n')" == 7f454c46 ]] \
+    || die "$bz: decompressing the payload with '${dec[*]}' did not give an ELF file"
+  # PVH boot needs the XEN_ELFNOTE_PHYS32_ENTRY note (CONFIG_PVH=y); check it where readelf exists.
+  if command -v readelf >/dev/null && ! readelf -n "$dest" 2>/dev/null | grep -q 'Xen.*0x00000012'; then
+    die "$dest has no PVH entry note (kernel built without CONFIG_PVH?)"
+  fi
+}
+
+kernel_version=""
+[[ -f "$out/kernel.version" ]] && kernel_version="$(cat "$out/kernel.version")"
+kdir="$out/kernel/$kernel_version"
+if ((refresh_kernel == 0)) && [[ -n "$kernel_version" && -f "$out/vmlinux" && -f "$kdir/lib/modules/$kernel_version/modules.dep" ]]; then
+  say "kernel $kernel_version: cached ($out/vmlinux)"
+else
+  step=$(now)
+  need apt-cache apt; need xz xz-utils
+  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
+  [[ -n "$pkg" ]] || die "'apt-cache depends linux-image-amd64' names no versioned kernel package (run apt-get update?)"
+  kernel_version="${pkg#linux-image-}"
+  say "kernel: downloading $pkg"
+  tmp="$out/kernel.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  # apt-get download writes into the current directory; as root it warns that it runs unsandboxed.
+  (cd "$tmp" && apt-get download -q "$pkg" >download.log 2>&1) \
+    || { cat "$tmp/download.log" >&2; die "apt-get download $pkg failed"; }
+  deb=("$tmp"/*.deb)
+  [[ -f "${deb[0]}" ]] || die "apt-get download $pkg left no .deb in $tmp"
+  say "kernel: unpacking $(basename "${deb[0]}")"
+  dpkg -x "${deb[0]}" "$tmp/root" || die "dpkg -x ${deb[0]} failed"
+  rm -f "${deb[0]}"; rm -rf "$tmp/root/usr/share"
+  [[ -f "$tmp/root/boot/vmlinuz-$kernel_version" ]] || die "$pkg has no boot/vmlinuz-$kernel_version"
+  [[ -d "$tmp/root/lib/modules/$kernel_version" ]] || die "$pkg has no lib/modules/$kernel_version"
+  say "kernel: extracting vmlinux for PVH boot"
+  extract_vmlinux "$tmp/root/boot/vmlinuz-$kernel_version" "$tmp/vmlinux"
+  depmod -b "$tmp/root" "$kernel_version" || die "depmod -b $tmp/root $kernel_version failed"
+  rm -rf "$out/kernel"; mkdir -p "$out/kernel"
+  mv "$tmp/root" "$out/kernel/$kernel_version"
+  mv "$tmp/vmlinux" "$out/vmlinux"
+  rm -rf "$tmp"
+  echo "$kernel_version" >"$out/kernel.version"
+  kdir="$out/kernel/$kernel_version"
+  rm -f "$out/initramfs.stamp"    # new kernel: new modules
+  say "kernel $kernel_version: ready, $(mib "$out/vmlinux") vmlinux ($(elapsed "$step"))"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Initramfs: rebuilt when the stamp of its inputs changes.
+case "$compress" in gzip) initramfs="$out/initramfs.cpio.gz" ;; zstd) initramfs="$out/initramfs.cpio.zst" ;;
+                    none) initramfs="$out/initramfs.cpio" ;; esac
+
+stamp="$( {
+  echo "kernel $kernel_version strip $strip compress $compress"
+  echo "modules ${modules[*]}"
+  sha256sum "$self" "$busybox_bin" "$kmod_bin" "${bin_files[@]}"
+} | sha256sum | cut -d' ' -f1)"
+
+if ((rebuild == 0)) && [[ -f "$initramfs" && "$(cat "$out/initramfs.stamp" 2>/dev/null)" == "$stamp" ]]; then
+  say "initramfs: cached, inputs unchanged ($initramfs)"
+else
+  step=$(now)
+  say "initramfs: building (binaries: ${bin_files[*]})"
+  stage="$out/initramfs.tmp"
+  rm -rf "$stage"
+  mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,lib/x86_64-linux-gnu,lib64,etc,proc,sys,dev,tmp,run,root,mnt}
+
+  # Shared libraries of FILE, as the host's loader resolves them, copied (dereferenced: Debian's
+  # merged /usr makes /lib a link, and library names are links) to the same absolute path.
+  copy_libs() {
+    local file="$1" line lib
+    local -a libs=()
+    while IFS= read -r line; do
+      case "$line" in
+        *"not found"*) die "$file needs ${line%% =>*} (ldd: not found)" ;;
+        *" => /"*) lib="${line#*=> }"; libs+=("${lib%% (*}") ;;
+        /*) libs+=("${line%% (*}") ;;
+      esac
+    done < <(ldd "$file" 2>/dev/null | sed 's/^[[:space:]]*//' || true)
+    for lib in "${libs[@]}"; do
+      [[ -e "$stage$lib" ]] && continue
+      mkdir -p "$stage$(dirname "$lib")"
+      cp -L "$lib" "$stage$lib" || die "cannot copy $lib (needed by $file)"
+    done
+  }
+
+  # busybox with one link per applet; kmod provides the module tools (busybox's modprobe cannot
+  # serve the kernel's request_module calls with full dependency handling).
+  cp "$busybox_bin" "$stage/bin/busybox"
+  kmod_tools=" modprobe insmod rmmod lsmod depmod modinfo "
+  while IFS= read -r applet; do   # (no subshells here: ~400 applets)
+    [[ "$applet" == */* && "$applet" != bin/busybox ]] || continue
+    [[ "$kmod_tools" == *" ${applet##*/} "* ]] && continue
+    [[ -e "$stage/$applet" || -L "$stage/$applet" ]] && continue
+    [[ -d "$stage/${applet%/*}" ]] || mkdir -p "$stage/${applet%/*}"
+    ln -s /bin/busybox "$stage/$applet"
+  done < <("$busybox_bin" --list-full)
+  cp "$kmod_bin" "$stage/bin/kmod"
+  copy_libs "$kmod_bin"
+  for t in $kmod_tools; do ln -sf /bin/kmod "$stage/sbin/$t"; done
+
+  # The binaries, debug sections stripped (RelWithDebInfo nrx is ~30 MB, ~5 MB without).
+  for f in "${bin_files[@]}"; do
+    dest="$stage/usr/bin/$(basename "$f")"
+    if ((strip)) && command -v objcopy >/dev/null; then
+      objcopy --strip-debug "$f" "$dest" || die "objcopy --strip-debug $f failed"
+    else
+      cp "$f" "$dest"
+    fi
+    copy_libs "$f"
+  done
+  # libgcc_s is dlopen'ed by glibc for pthread_cancel and unwinding even where ldd does not list it.
+  libgcc="$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ { print $NF; exit }')"
+  [[ -n "$libgcc" ]] || die "libgcc_s.so.1 not found (ldconfig -p); install libgcc-s1"
+  [[ -e "$stage$libgcc" ]] || { mkdir -p "$stage$(dirname "$libgcc")"; cp -L "$libgcc" "$stage$libgcc"; }
+  printf '%s\n' /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib /usr/lib >"$stage/etc/ld.so.conf"
+  ldconfig -r "$stage" 2>/dev/null || say "warning: ldconfig -r failed; the guest loader uses its default paths"
+
+  # Kernel modules with their dependencies, as modprobe itself resolves them.
+  mroot="$kdir/lib/modules/$kernel_version"
+  for m in "${modules[@]}"; do
+    deps="$(modprobe -d "$kdir" -S "$kernel_version" --show-depends "$m" 2>&1)" \
+      || die "module $m: $deps"
+    while read -r kind path _; do
+      [[ "$kind" == insmod ]] || continue
+      rel="${path#"$mroot"/}"
+      [[ "$rel" != "$path" ]] || die "module $m: unexpected path $path"
+      mkdir -p "$stage/lib/modules/$kernel_version/$(dirname "$rel")"
+      cp -n "$path" "$stage/lib/modules/$kernel_version/$rel"
+    done <<<"$deps"
+  done
+  for f in modules.order modules.builtin modules.builtin.modinfo; do
+    [[ -f "$mroot/$f" ]] && cp "$mroot/$f" "$stage/lib/modules/$kernel_version/"
+  done
+  depmod -b "$stage" "$kernel_version" || die "depmod for the initramfs failed"
+
+  # Guest helper: find, enable and name the ivshmem BAR (PCI 1af4:1110, BAR 2 = the shared memory).
+  cat >"$stage/usr/bin/nrx_ivshmem_bar" <<'HELPER'
+#!/bin/sh
+# nrx_ivshmem_bar [--phys] [N]: enable the N-th ivshmem-plain device (PCI 1af4:1110, default 0)
+# and print its shared-memory BAR file (/sys/bus/pci/devices/BDF/resource2, to mmap MAP_SHARED),
+# or with --phys the BAR's physical address (for busybox devmem). Exit 1 if there is none.
+phys=0
+[ "${1:-}" = --phys ] && { phys=1; shift; }
+want=${1:-0}; i=0
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] || continue
+  if [ "$i" = "$want" ]; then
+    [ "$(cat "$d/enable")" = 1 ] || echo 1 >"$d/enable" || { echo "nrx_ivshmem_bar: cannot enable $d" >&2; exit 1; }
+    if [ "$phys" = 1 ]; then sed -n 3p "$d/resource" | cut -d' ' -f1; else echo "$d/resource2"; fi
+    exit 0
+  fi
+  i=$((i + 1))
+done
+echo "nrx_ivshmem_bar: no ivshmem device number $want (PCI 1af4:1110)" >&2
+exit 1
+HELPER
+  # Byte access for scripts: sysfs resource2 only supports mmap (read/write give EIO), and busybox
+  # has no mmap tool, so these go through /dev/mem at the BAR's physical address (busybox devmem;
+  # allowed because no driver claims the BAR). One devmem process per byte: for short strings.
+  cat >"$stage/usr/bin/nrx_ivshmem_poke" <<'HELPER'
+#!/bin/sh
+# nrx_ivshmem_poke OFFSET STRING [N]: write STRING's bytes (no terminating NUL) at byte OFFSET of
+# the N-th ivshmem device's shared memory (default 0), in order, one byte at a time.
+[ $# -ge 2 ] || { echo "usage: nrx_ivshmem_poke OFFSET STRING [N]" >&2; exit 2; }
+base=$(nrx_ivshmem_bar --phys "${3:-0}") || exit 1
+addr=$((base + $1))
+for b in $(printf %s "$2" | od -An -v -tu1); do
+  devmem "$addr" 8 "$b" || exit 1
+  addr=$((addr + 1))
+done
+HELPER
+  cat >"$stage/usr/bin/nrx_ivshmem_peek" <<'HELPER'
+#!/bin/sh
+# nrx_ivshmem_peek OFFSET LEN [N]: print up to LEN bytes from byte OFFSET of the N-th ivshmem
+# device's shared memory (default 0), stopping at the first NUL (a C string), no newline added.
+[ $# -ge 2 ] || { echo "usage: nrx_ivshmem_peek OFFSET LEN [N]" >&2; exit 2; }
+base=$(nrx_ivshmem_bar --phys "${3:-0}") || exit 1
+addr=$((base + $1)); end=$((addr + $2))
+while [ "$addr" -lt "$end" ]; do
+  b=$(($(devmem "$addr" 8))) || exit 1
+  [ "$b" -eq 0 ] && break
+  printf "\\$(printf %03o "$b")"
+  addr=$((addr + 1))
+done
+HELPER
+  chmod 755 "$stage/usr/bin/nrx_ivshmem_bar" "$stage/usr/bin/nrx_ivshmem_poke" "$stage/usr/bin/nrx_ivshmem_peek"
+
+  # /init: mount the basics, load qemu_fw_cfg, read the environment (opt/nrx/env) and the script
+  # (opt/nrx/script) QEMU passes, run the script with sh, print the exit marker, power off.
+  cat >"$stage/init" <<'INIT'
+#!/bin/sh
+# /init of the nrx guest, written by deploy/image.sh.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/shm /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+finish() {
+  sync
+  echo "NRX-EXIT $1"
+  poweroff -f
+  sleep 10
+}
+modprobe qemu_fw_cfg || { echo "nrx-init: modprobe qemu_fw_cfg failed"; finish 125; }
+fw=/sys/firmware/qemu_fw_cfg/by_name/opt/nrx
+if [ -r "$fw/env/raw" ]; then
+  cat "$fw/env/raw" >/etc/nrx.env
+  set -a; . /etc/nrx.env; set +a
+fi
+if [ ! -r "$fw/script/raw" ]; then
+  echo "nrx-init: no script: QEMU was started without -fw_cfg name=opt/nrx/script,file=..."
+  finish 126
+fi
+cat "$fw/script/raw" >/run/nrx-script
+echo; echo "NRX-BOOTED vm=${NRX_VM_INDEX:-?} uptime=$(cut -d' ' -f1 /proc/uptime)s"
+cd /root
+sh /run/nrx-script </dev/null
+finish $?
+INIT
+  chmod 755 "$stage/init"
+  echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
+  echo "root:x:0:" >"$stage/etc/group"
+
+  # The kernel opens /dev/console for /init before anything is mounted, so the archive needs that
+  # node. It is appended as a hand-written newc entry (char 5:1), so building needs no root.
+  newc_entry() {  # name mode(octal) rdevmajor rdevminor
+    local name="$1" namesize=$((${#1} + 1))
+    printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+      0 "$((8#$2))" 0 0 1 0 0 0 0 "$3" "$4" "$namesize" 0
+    printf '%s\0' "$name"
+    local pad=$(((4 - (110 + namesize) % 4) % 4))
+    ((pad)) && head -c "$pad" /dev/zero
+    return 0
+  }
+  case "$compress" in gzip) comp=(gzip -6 -n) ;; zstd) comp=(zstd -q -T0 -10) ;; none) comp=(cat) ;; esac
+  {
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet)
+    newc_entry dev/console 20600 5 1
+    newc_entry TRAILER!!! 0 0 0
+  } | "${comp[@]}" >"$initramfs.tmp" || die "writing $initramfs failed"
+  mv "$initramfs.tmp" "$initramfs"
+  echo "$stamp" >"$out/initramfs.stamp"
+  say "initramfs: built, $(mib "$initramfs") ($(elapsed "$step"))"
+  rm -rf "$stage"
+fi
+
+say "image ready in $out ($(elapsed "$total_start")): vmlinux + $(basename "$initramfs"), kernel $kernel_version"
+printf 'NRX_KERNEL=%q\nNRX_INITRAMFS=%q\nNRX_KERNEL_VERSION=%q\n' "$out/vmlinux" "$initramfs" "$kernel_version"

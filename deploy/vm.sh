@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# deploy/vm.sh: a cluster of QEMU VMs that share one memory backend, for nrx's cross-machine tests.
+#
+# Each VM boots the image of deploy/image.sh (PVH vmlinux + initramfs, no disk), gets its script
+# and its environment through fw_cfg (opt/nrx/script, opt/nrx/env: NRX_VM_INDEX, NRX_VMS, NRX_SHM,
+# NRX_SHM_MB), runs the script, prints `NRX-EXIT <rc>` on its serial console and powers off. All VMs
+# map the same host file as their shared memory: with --shm ivshmem, a /dev/shm file behind an
+# ivshmem-plain PCI device (coherent, cross-VM atomics exact when -smp maxcpus >= 2, which this
+# script always sets; see /work/shared/notes/qemu.md). The run directory records what `down` needs
+# (PIDs, the shm file), so `up`, `wait` and `down` can be separate commands.
+#
+# Usage example:
+#   deploy/vm.sh run --script guest.sh              # 2 VMs: up, wait for NRX-EXIT, down
+#   deploy/vm.sh up --vms 2 --script-for 0 writer.sh --script-for 1 reader.sh
+#   deploy/vm.sh wait --timeout 60; deploy/vm.sh down
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+say() { printf 'vm: %s\n' "$*" >&2; }
+die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
+fail() { printf 'vm: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+  cat <<'USAGE'
+usage: deploy/vm.sh COMMAND [options]
+
+Run N QEMU VMs (TCG unless real KVM is usable) that share one memory backend, each running a shell
+script inside the nrx guest image (deploy/image.sh). Progress goes to stderr.
+
+commands:
+  up        build/refresh the image, create the shared memory, start the VMs; return once every
+            console shows the guest's NRX-BOOTED line (the script is starting); on failure or
+            timeout the VMs are stopped again
+  wait      wait until every VM printed NRX-EXIT <rc> (or its QEMU died, or --timeout); print
+            `vmI: exit RC` per VM on stdout; exit 0 only if every VM exited 0
+  down      stop every QEMU by its recorded PID (TERM, then KILL after 5 s), remove the shm file
+            and the run files; consoles and QEMU logs stay (--purge removes the directory)
+  run       up + wait + down; cleans up on failure, Ctrl-C and TERM; exit status of wait
+  status    print each VM's state (running / exit RC / dead)
+
+options (up, run):
+  --vms N             number of VMs (default 2)
+  --script FILE       the script every VM runs (with sh, busybox userland)
+  --script-for I FILE the script VM I runs (repeatable; overrides --script for that VM)
+  --env KEY=VALUE     one more variable for every VM's script environment (repeatable)
+  --shm KIND          shared memory between the VMs: ivshmem (default) or none
+                      (cxl, a CXL type-3 device, is planned: same options, same run directory)
+  --shm-mb MB         size of the shared memory in MiB, a power of two (default 256)
+  --mem MB            guest RAM in MiB (default 512)
+  --smp N             vCPUs per VM (default 1; maxcpus is always >= 2, see the notes)
+  --accel A           auto (default: KVM only if /proc/cpuinfo has vmx/svm and kvm_pvm is not
+                      loaded), tcg or kvm
+  --image DIR         guest image directory (default build/guest)
+  --bin PATH          binary for the guest's /usr/bin, passed to image.sh (repeatable; default
+                      build/bin/nrx)
+  --no-image-build    use the image in --image as it is (do not call image.sh)
+  --append ARGS       extra kernel command-line arguments
+  --qemu-arg ARG      one more QEMU argument for every VM (repeatable)
+  --boot-timeout S    seconds `up` waits for every guest to boot (default 120)
+options (wait, run):
+  --timeout S         seconds `wait` waits for every NRX-EXIT (default 600)
+options (all):
+  --dir DIR           run directory (default build/cluster/run): vmI.console (serial console),
+                      vmI.qemu.log, vmI.pid, vmI.script, vmI.env, cluster.env
+  --purge             (down, run) remove the run directory too, consoles included
+  -h, --help          this text
+
+In the guest (environment of the script): NRX_VM_INDEX (0..N-1), NRX_VMS, NRX_SHM, NRX_SHM_MB,
+plus --env variables. With --shm ivshmem:
+  BAR=$(nrx_ivshmem_bar)          # /sys/bus/pci/devices/BDF/resource2, enabled; mmap MAP_SHARED
+  PHYS=$(nrx_ivshmem_bar --phys)  # its physical address: `devmem $PHYS 64 [VALUE]` (busybox)
+  nrx_ivshmem_poke 0 hello; nrx_ivshmem_peek 0 5     # short strings through /dev/mem
+(read()/write() on resource2 fail with EIO: the kernel only supports mmap on memory BARs.)
+The host sees the same bytes in the shm file (its path is SHM_PATH in DIR/cluster.env).
+
+exit status: 0 success, 1 a VM failed or timed out, 2 bad usage or set-up error.
+USAGE
+}
+
+now() { echo "${EPOCHREALTIME/[.,]/}"; }         # microseconds
+secs() { local us=$(($(now) - $1)); printf '%d.%01d s' $((us / 1000000)) $((us % 1000000 / 100000)); }
+
+# ---------------------------------------------------------------------------------------------
+# Options
+cmd="${1:-}"
+case "$cmd" in
+  up|wait|down|run|status) shift ;;
+  -h|--help|help) usage; exit 0 ;;
+  "") usage >&2; exit 2 ;;
+  *) die "unknown command '$cmd' (up, wait, down, run, status; see deploy/vm.sh --help)" ;;
+esac
+
+vms=2
+script=""
+declare -A script_for=()
+envs=()
+shm=ivshmem
+shm_mb=256
+mem_mb=512
+smp=1
+accel=auto
+image="$root/build/guest"
+bins=()
+image_build=1
+append=""
+qemu_extra=()
+boot_timeout=120
+timeout=600
+dir="$root/build/cluster/run"
+purge=0
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+need_uint() {  # option value minimum: dies unless value is an integer >= minimum
+  if ! is_uint "$2" || (($2 < $3)); then die "$1: '$2' is not a whole number >= $3"; fi
+}
+while (($#)); do
+  opt="$1"; val=""
+  case "$opt" in
+    --*=*) val="${opt#*=}"; opt="${opt%%=*}"; set -- "$opt" "$val" "${@:2}" ;;
+  esac
+  case "$opt" in
+    --vms|--script|--env|--shm|--shm-mb|--mem|--smp|--accel|--image|--bin|--append|--qemu-arg|\
+    --boot-timeout|--timeout|--dir)
+      [[ $# -ge 2 ]] || die "$opt needs a value"; val="$2"; shift ;;
+    --script-for)
+      [[ $# -ge 3 ]] || die "--script-for needs an index and a file"
+      is_uint "$2" || die "--script-for: '$2' is not a VM index"
+      script_for[$2]="$3"; shift 3; continue ;;
+  esac
+  case "$opt" in
+    --vms) need_uint "$opt" "$val" 1; vms="$val" ;;
+    --script) script="$val" ;;
+    --env) [[ "$val" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env: '$val' is not KEY=VALUE"; envs+=("$val") ;;
+    --shm) shm="$val" ;;
+    --shm-mb) shm_mb="$val" ;;
+    --mem) need_uint "$opt" "$val" 128; mem_mb="$val" ;;
+    --smp) need_uint "$opt" "$val" 1; smp="$val" ;;
+    --accel) accel="$val" ;;
+    --image) image="$val" ;;
+    --bin) bins+=("$val") ;;
+    --no-image-build) image_build=0 ;;
+    --append) append="$val" ;;
+    --qemu-arg) qemu_extra+=("$val") ;;
+    --boot-timeout) need_uint "$opt" "$val" 1; boot_timeout="$val" ;;
+    --timeout) need_uint "$opt" "$val" 1; timeout="$val" ;;
+    --dir) dir="$val" ;;
+    --purge) purge=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$opt' (see deploy/vm.sh --help)" ;;
+  esac
+  shift
+done
+dir="$(realpath -m "$dir")"
+if [[ "$cmd" == up || "$cmd" == run ]]; then
+  mkdir -p "$dir" 2>/dev/null || die "cannot create the run directory $dir"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Shared-memory backends. Each kind has set-up (host side, once), QEMU arguments (per VM) and
+# tear-down; `cxl` will add its own three (a shared memdev, a fresh LSA file per VM, pxb-cxl with
+# two root ports, and the guest's cxl/ndctl steps) without changing the commands.
+shm_validate() {
+  case "$shm" in
+    ivshmem)
+      need_uint --shm-mb "$shm_mb" 1
+      (((shm_mb & (shm_mb - 1)) == 0)) || die "--shm-mb: $shm_mb is not a power of two (a PCI BAR's size must be one)" ;;
+    none) ;;
+    cxl) die "--shm cxl is not implemented yet (use ivshmem)" ;;
+    *) die "--shm: unknown kind '$shm' (ivshmem or none)" ;;
+  esac
+}
+shm_setup() {  # sets SHM_PATH
+  SHM_PATH=""
+  [[ "$shm" == ivshmem ]] || return 0
+  local avail_mb
+  avail_mb=$(($(df -Pk /dev/shm | awk 'NR == 2 { print $4 }') / 1024))
+  ((avail_mb > shm_mb)) || die "/dev/shm has $avail_mb MiB free, --shm-mb asks for $shm_mb"
+  SHM_PATH="$(mktemp /dev/shm/nrx-cluster-XXXXXXXX)" || die "cannot create a file in /dev/shm"
+  truncate -s "${shm_mb}M" "$SHM_PATH"
+  echo "$SHM_PATH" >"$dir/shm.path"
+}
+shm_qemu_args() {  # VM index -> appends to qemu_args
+  case "$shm" in
+    ivshmem)
+      # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
+      qemu_args+=(-object "memory-backend-file,id=nrxshm,share=on,mem-path=$SHM_PATH,size=${shm_mb}M"
+                  -device ivshmem-plain,memdev=nrxshm) ;;
+  esac
+}
+shm_teardown() {
+  local p=""
+  [[ -f "$dir/shm.path" ]] && p="$(cat "$dir/shm.path")"
+  # Only ever a file this script created.
+  if [[ "$p" == /dev/shm/nrx-cluster-* && -f "$p" ]]; then rm -f "$p"; fi
+  rm -f "$dir/shm.path"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Run-directory state
+state_load() {  # sets VMS, SHM, SHM_PATH from DIR/cluster.env
+  [[ -f "$dir/cluster.env" ]] || return 1
+  VMS="$(sed -n 's/^VMS=//p' "$dir/cluster.env")"
+  SHM_PATH="$(sed -n 's/^SHM_PATH=//p' "$dir/cluster.env")"
+  is_uint "$VMS" || die "$dir/cluster.env is damaged (VMS='$VMS')"
+}
+# The PID of VM I's QEMU if it is still running (checked against its command line, so a recycled
+# PID is never mistaken for it), else nothing.
+vm_pid() {
+  local pidf="$dir/vm$1.pid" pid
+  [[ -f "$pidf" ]] || return 0
+  pid="$(cat "$pidf")"
+  is_uint "$pid" || return 0
+  if [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "file:$dir/vm$1.console"; then
+    echo "$pid"
+  fi
+}
+# Whether our own child PID still runs (a zombie does not). Used while `up` waits: vm_pid's
+# command-line check would miss a child that has not exec'ed QEMU yet.
+child_alive() { [[ -r "/proc/$1/stat" && "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+vm_exit_code() {  # last NRX-EXIT code on VM I's console, or nothing
+  [[ -f "$dir/vm$1.console" ]] || return 0
+  grep -a -o 'NRX-EXIT [0-9]*' "$dir/vm$1.console" 2>/dev/null | tail -n 1 | cut -d' ' -f2 || true
+}
+console_tail() {  # VM I: its last lines, for error messages
+  say "---- vm$1 console (last 20 lines): $dir/vm$1.console"
+  # Without the firmware's terminal escapes and carriage returns; awk ends a partial last line.
+  tail -n 20 "$dir/vm$1.console" 2>/dev/null | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g; s/\r//g; s/^/    /' | awk 1 >&2 || true
+  if [[ -s "$dir/vm$1.qemu.log" ]]; then
+    say "---- vm$1 QEMU log: $dir/vm$1.qemu.log"
+    tail -n 10 "$dir/vm$1.qemu.log" | sed 's/^/    /' >&2
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+cmd_down() {
+  local i pid n=0 stopped=() deadline
+  if state_load; then n="$VMS"; else
+    # No state file: still clean whatever pid files a half-finished `up` left.
+    for f in "$dir"/vm*.pid; do [[ -f "$f" ]] && n=$((n + 1)); done
+  fi
+  for ((i = 0; i < n; i++)); do
+    pid="$(vm_pid "$i")"
+    if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; stopped+=("$i:$pid"); fi
+  done
+  deadline=$(($(now) + 5000000))
+  for s in "${stopped[@]}"; do
+    i="${s%%:*}"; pid="${s#*:}"
+    while kill -0 "$pid" 2>/dev/null && (($(now) < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "vm$i: QEMU $pid ignored TERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+    wait "$pid" 2>/dev/null || true      # reap it when it is our child (run)
+  done
+  shm_teardown
+  rm -f "$dir"/vm*.pid "$dir"/vm*.env "$dir"/vm*.script "$dir/cluster.env"
+  if ((purge)); then rm -rf "$dir"; fi
+  say "down: stopped ${#stopped[@]} QEMU process(es)${SHM_PATH:+, removed $SHM_PATH}$( ((purge)) && echo ", removed $dir")"
+}
+
+pick_accel() {  # sets accel_args
+  local want="$accel"
+  if [[ "$want" == auto ]]; then
+    want=tcg
+    # /dev/kvm may be a paravirtual KVM (kvm_pvm) on which stock guests crawl and die: real KVM only.
+    if grep -qwE 'vmx|svm' /proc/cpuinfo && [[ ! -e /sys/module/kvm_pvm && -w /dev/kvm ]]; then want=kvm; fi
+  fi
+  case "$want" in
+    tcg) accel_args=(-accel tcg -cpu max) ;;
+    kvm) [[ -w /dev/kvm ]] || die "--accel kvm: /dev/kvm is not usable"; accel_args=(-accel kvm -cpu host) ;;
+    *) die "--accel: '$accel' is not auto, tcg or kvm" ;;
+  esac
+}
+
+sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }   # POSIX-sh single quoting
+
+cmd_up() {
+  local i f
+  command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; install it with: apt-get install qemu-system-x86"
+  shm_validate
+  pick_accel
+  # Every VM needs a script.
+  for i in "${!script_for[@]}"; do ((i < vms)) || die "--script-for $i: there are only $vms VMs (--vms)"; done
+  for ((i = 0; i < vms; i++)); do
+    f="${script_for[$i]:-$script}"
+    [[ -n "$f" ]] || die "no script for VM $i (give --script FILE or --script-for $i FILE)"
+    [[ -f "$f" && -r "$f" ]] || die "script for VM $i: cannot read '$f'"
+  done
+  if state_load; then
+    for ((i = 0; i < VMS; i++)); do
+      [[ -z "$(vm_pid "$i")" ]] || die "$dir already has running VMs; run 'deploy/vm.sh down --dir $dir' first"
+    done
+  fi
+
+  # The image: refresh it (cheap when cached) unless told not to.
+  local kernel initramfs
+  if ((image_build)); then
+    local -a iargs=(--out "$image")
+    for f in "${bins[@]}"; do iargs+=(--bin "$f"); done
+    local assignments
+    assignments="$("$root/deploy/image.sh" "${iargs[@]}")" || die "deploy/image.sh failed"
+    kernel="$(sed -n 's/^NRX_KERNEL=//p' <<<"$assignments")"
+    initramfs="$(sed -n 's/^NRX_INITRAMFS=//p' <<<"$assignments")"
+  else
+    kernel="$image/vmlinux"
+    # The newest, should several compressions be lying there.
+    initramfs="$(find "$image" -maxdepth 1 -name 'initramfs.cpio*' -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n 1 | cut -d' ' -f2-)"
+  fi
+  [[ -f "$kernel" ]] || die "no kernel at '$kernel' (run deploy/image.sh --out $image)"
+  [[ -f "$initramfs" ]] || die "no initramfs in $image (run deploy/image.sh --out $image)"
+
+  rm -f "$dir"/vm*.console "$dir"/vm*.qemu.log "$dir"/vm*.pid "$dir"/vm*.env "$dir"/vm*.script
+  # From here on a failure must not leave QEMUs or shm files behind.
+  trap 'rc=$?; trap - EXIT; say "up: failed or interrupted; stopping the VMs"; cmd_down || true; exit $rc' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  shm_setup
+  printf 'VMS=%s\nSHM=%s\nSHM_MB=%s\nSHM_PATH=%s\nIMAGE=%s\n' "$vms" "$shm" "$shm_mb" "$SHM_PATH" "$image" >"$dir/cluster.env"
+
+  local -a qemu_args pids=()
+  local -A t0=()
+  for ((i = 0; i < vms; i++)); do
+    cp "${script_for[$i]:-$script}" "$dir/vm$i.script"
+    {
+      echo "NRX_VM_INDEX=$i"
+      echo "NRX_VMS=$vms"
+      echo "NRX_SHM=$shm"
+      echo "NRX_SHM_MB=$shm_mb"
+      for f in "${envs[@]}"; do echo "${f%%=*}=$(sq "${f#*=}")"; done
+    } >"$dir/vm$i.env"
+    qemu_args=(qemu-system-x86_64 -name "nrx-vm$i" -nodefaults -machine q35 "${accel_args[@]}"
+               -m "${mem_mb}M" -smp "$smp,maxcpus=$((smp > 2 ? smp : 2))"
+               -nographic -serial "file:$dir/vm$i.console" -no-reboot
+               -kernel "$kernel" -initrd "$initramfs" -append "console=ttyS0 quiet panic=-1 $append"
+               -fw_cfg "name=opt/nrx/script,file=$dir/vm$i.script"
+               -fw_cfg "name=opt/nrx/env,file=$dir/vm$i.env")
+    shm_qemu_args "$i"
+    qemu_args+=("${qemu_extra[@]}")
+    t0[$i]=$(now)
+    "${qemu_args[@]}" </dev/null >"$dir/vm$i.qemu.log" 2>&1 &
+    pids[i]=$!
+    echo $! >"$dir/vm$i.pid"
+  done
+  say "up: started $vms VM(s) (${accel_args[*]}, ${mem_mb} MiB, shm $shm${SHM_PATH:+ $SHM_PATH ${shm_mb} MiB}); waiting for them to boot"
+
+  # Wait for every guest's NRX-BOOTED line.
+  local deadline=$(($(now) + boot_timeout * 1000000)) pending=$vms
+  local -A booted=()
+  while ((pending > 0)); do
+    for ((i = 0; i < vms; i++)); do
+      [[ -n "${booted[$i]:-}" ]] && continue
+      if grep -aq 'NRX-BOOTED' "$dir/vm$i.console" 2>/dev/null; then
+        booted[$i]=1; pending=$((pending - 1))
+        say "vm$i: booted in $(secs "${t0[$i]}") ($(grep -a -o 'NRX-BOOTED.*' "$dir/vm$i.console" | head -n 1 | tr -d '\r'))"
+      elif ! child_alive "${pids[$i]}"; then
+        console_tail "$i"
+        fail "up: vm$i's QEMU exited before the guest booted"
+      fi
+    done
+    ((pending == 0)) && break
+    if (($(now) >= deadline)); then
+      for ((i = 0; i < vms; i++)); do [[ -n "${booted[$i]:-}" ]] || console_tail "$i"; done
+      fail "up: $pending VM(s) did not boot within $boot_timeout s (--boot-timeout)"
+    fi
+    sleep 0.1
+  done
+  trap - EXIT INT TERM
+  say "up: $vms VM(s) running; run dir $dir"
+}
+
+cmd_wait() {
+  state_load || die "no cluster in $dir (nothing was started with 'deploy/vm.sh up --dir $dir')"
+  local i deadline pending="$VMS" failed=0 code t0
+  t0=$(now); deadline=$((t0 + timeout * 1000000))
+  local -A result=()
+  while ((pending > 0)); do
+    for ((i = 0; i < VMS; i++)); do
+      [[ -n "${result[$i]:-}" ]] && continue
+      code="$(vm_exit_code "$i")"
+      if [[ -n "$code" ]]; then
+        result[$i]="$code"
+      elif [[ -z "$(vm_pid "$i")" ]]; then
+        # The QEMU may have written the marker just before it exited: look once more.
+        code="$(vm_exit_code "$i")"
+        result[$i]="${code:-dead}"
+      else
+        continue
+      fi
+      pending=$((pending - 1))
+    done
+    ((pending == 0)) && break
+    if (($(now) >= deadline)); then
+      for ((i = 0; i < VMS; i++)); do [[ -n "${result[$i]:-}" ]] || result[$i]=timeout; done
+      break
+    fi
+    sleep 0.2
+  done
+  for ((i = 0; i < VMS; i++)); do
+    case "${result[$i]}" in
+      0) echo "vm$i: exit 0" ;;
+      dead) echo "vm$i: QEMU exited without NRX-EXIT (kernel panic or crash?)"; failed=1; console_tail "$i" ;;
+      timeout) echo "vm$i: timed out after $timeout s (still running)"; failed=1; console_tail "$i" ;;
+      *) echo "vm$i: exit ${result[$i]}"; failed=1; console_tail "$i" ;;
+    esac
+  done
+  say "wait: done in $(secs "$t0")"
+  return "$failed"
+}
+
+cmd_status() {
+  state_load || { echo "no cluster in $dir"; return 0; }
+  local i code pid
+  for ((i = 0; i < VMS; i++)); do
+    code="$(vm_exit_code "$i")"; pid="$(vm_pid "$i")"
+    if [[ -n "$code" ]]; then echo "vm$i: exit $code${pid:+ (QEMU $pid still running)}"
+    elif [[ -n "$pid" ]]; then echo "vm$i: running (QEMU $pid)"
+    else echo "vm$i: dead (no NRX-EXIT)"; fi
+  done
+  echo "shm: ${SHM_PATH:-none}"
+}
+
+cmd_run() {
+  local t0 rc=0
+  t0=$(now)
+  cmd_up
+  # up removed its own traps; from here on, down runs whatever happens.
+  trap 'rc=$?; trap - EXIT; say "run: failed or interrupted; stopping the VMs"; cmd_down || true; exit $rc' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  cmd_wait || rc=$?
+  trap - EXIT INT TERM
+  cmd_down
+  say "run: $( ((rc == 0)) && echo passed || echo FAILED) in $(secs "$t0") (consoles in $dir)"
+  return "$rc"
+}
+
+case "$cmd" in
+  up) cmd_up ;;
+  wait) cmd_wait ;;
+  down) cmd_down ;;
+  run) cmd_run ;;
+  status) cmd_status ;;
+esac
