@@ -53,7 +53,9 @@ namespace nrx::logs::shm {
 // "NRXSHLOG" read as a little-endian uint64_t.
 inline constexpr uint64_t kMagic = 0x474F4C485358524EULL;
 // Bumped whenever any struct or rule in this file changes meaning.
-inline constexpr uint32_t kLayoutVersion = 3;  // 2: noncoherent-mode sections; 3: fencing words
+// 2: noncoherent-mode sections; 3: fencing words; 4: noncoherent fencing (SequencerLine::host and
+// ::fenced, RequestLine::fence_ack, ResponseLine::fenced, the join request's owner word).
+inline constexpr uint32_t kLayoutVersion = 4;
 // Entries are at most this long (as the ring).
 inline constexpr uint32_t kMaxEntrySize = 4096;
 // Largest slot_count: 2^31 (slot indices and strides stay within 64-bit offsets by far).
@@ -184,33 +186,47 @@ static_assert(offsetof(LtailLine, incarnation) == 16);
 
 // Written only by the sequencer (the creating ShmLog object's sequencer): the next index to
 // grant, the registered replicas, every id ever registered (whose |started| counts for ctail),
-// a heartbeat (bumped while it runs) and its pid (for error messages).
+// a heartbeat (changed at least every millisecond while it runs), its pid and host tag (the
+// process whose death ends the log: sharers on the same host test the pid), and |fenced|: the
+// replica ids fenced and not yet free again (their payload holds count as released; see
+// shm_log.h, "Crash fencing, noncoherent mode").
 struct alignas(kInterferenceSize) SequencerLine {
   uint64_t tail;
   uint64_t active;
   uint64_t ever;
   uint64_t heartbeat;
   uint64_t pid;
-  uint64_t reserved[11];
+  uint64_t host;
+  uint64_t fenced;
+  uint64_t reserved[9];
 };
 static_assert(std::is_trivially_copyable_v<SequencerLine>);
 static_assert(sizeof(SequencerLine) == kInterferenceSize);
 static_assert(offsetof(SequencerLine, active) == 8);
+static_assert(offsetof(SequencerLine, host) == 40);
+static_assert(offsetof(SequencerLine, fenced) == 48);
 
 // A replica's tail reservation request, written only by the replica's owner: |count| indices,
 // numbered |seq| (one per append; |seq| is stored last). |cancel_seq| == |seq| withdraws it (the
 // appender gave up); the sequencer answers a withdrawn request with kResponseCancelled.
+// |fence_ack| == the incarnation in ResponseLine::fenced: the owner learnt it was fenced and will
+// never write this id's lines (nor its slots) again, so the sequencer may hand them on.
 struct alignas(kInterferenceSize) RequestLine {
   uint64_t seq;
   uint64_t count;
   uint64_t cancel_seq;
-  uint64_t reserved[13];
+  uint64_t fence_ack;
+  uint64_t reserved[12];
 };
 static_assert(std::is_trivially_copyable_v<RequestLine>);
 static_assert(sizeof(RequestLine) == kInterferenceSize);
+static_assert(offsetof(RequestLine, fence_ack) == 24);
 
 // The sequencer's answer to a RequestLine, written only by the sequencer: |status| and |first|
 // (the first granted index), published by the store of |seq| (the request it answers).
+// |fenced|: the last incarnation of this id the sequencer fenced (0: none). It sits on the line
+// the appender reads its grant from, so one read tells it both (the publish handshake in
+// shm_log.h needs exactly that read after its request).
 inline constexpr uint64_t kResponseGranted = 1;
 inline constexpr uint64_t kResponseCancelled = 2;
 inline constexpr uint64_t kResponseRejected = 3;  // a request no correct appender writes
@@ -218,14 +234,17 @@ struct alignas(kInterferenceSize) ResponseLine {
   uint64_t seq;
   uint64_t status;
   uint64_t first;
-  uint64_t reserved[13];
+  uint64_t fenced;
+  uint64_t reserved[12];
 };
 static_assert(std::is_trivially_copyable_v<ResponseLine>);
 static_assert(sizeof(ResponseLine) == kInterferenceSize);
+static_assert(offsetof(ResponseLine, fenced) == 24);
 
 // A ShmLog object's control request, written only by that client: |kind| with argument |arg|,
 // numbered |seq| (stored last).
-inline constexpr uint64_t kClientJoin = 1;     // a new replica id; answer: id, start, incarnation
+inline constexpr uint64_t kClientJoin = 1;     // a new replica id (arg: gc_lock_word(host tag, pid) of
+                                               // its owner, for fencing); answer: id, start, incarnation
 inline constexpr uint64_t kClientLeave = 2;    // |arg| leaves; answer: ok
 inline constexpr uint64_t kClientPayload = 3;  // a free payload slot; answer: slot, generation
 struct alignas(kInterferenceSize) ClientRequestLine {
@@ -257,6 +276,8 @@ static_assert(offsetof(ClientResponseLine, value) == 16);
 // the tail, so whoever fences a dead owner knows which unpublished slots may be its own).
 // Written under the GC lock: |state|, |owner_pid|, |host|, |incarnation| (bumped by every
 // registration AND every fencing: an owner whose remembered incarnation differs is fenced).
+// Noncoherent mode: the whole line is the owner's; the sequencer reads only |heartbeat| (the
+// other fields are informational; the sequencer keeps its own record of owner and incarnation).
 enum class ReplicaState : uint64_t {
   kFree = 0,
   kActive = 1,
@@ -284,7 +305,9 @@ static_assert(offsetof(ReplicaLine, reserve_count) == 48);
 // live when it equals i / slot_count + 1 (0: never written); |writer| and |length| are published
 // by the release store to |alive|. Coherent mode publishes with a CAS from the previous lap's
 // value, and a fencer fills a dead appender's slot with lap | kAliveNoop (a CAS too): exactly one
-// of them wins, and readers skip a no-op without calling the visitor.
+// of them wins, and readers skip a no-op without calling the visitor. Noncoherent mode: both are
+// plain stores, and the publish handshake of shm_log.h ("Crash fencing, noncoherent mode") lets
+// at most one of them happen.
 inline constexpr uint64_t kAliveNoop = uint64_t{1} << 63;  // bit 63: a fenced writer's no-op entry
 inline constexpr uint64_t kAliveLapMask = kAliveNoop - 1;  // bits 0..62: the lap
 struct SlotHeader {

@@ -38,13 +38,20 @@
 //    replica owns a RequestLine (seq, count, cancel) and reads its ResponseLine; the sequencer
 //    polls the request lines round-robin and grants index ranges in that order, only while
 //    tail + n <= head + slot_count, where head = min ltail of the active replicas (the sequencer
-//    alone grants, so no GC lock is needed). It publishes the new tail before the grant. An
-//    appender that waits applies its own entries and calls the lagging hook while the log is
-//    full, and after full_timeout withdraws the request (cancel_seq) and fails with
+//    alone grants, so no GC lock is needed). It writes each grant before the tail covering it
+//    (an appender that got its grant waits for that tail before returning). An appender that
+//    waits applies its own entries (up to a tail read before it found itself unanswered) and,
+//    with its request withdrawn and the withdrawal confirmed, calls the lagging hook while the
+//    log is full (the hook may exec another replica up to the current tail, which must never
+//    cover a grant the appender would publish only after the hook returns), then asks again;
+//    after full_timeout it withdraws the request (cancel_seq) for good and fails with
 //    kDeadlineExceeded once the sequencer confirms (or the sequencer granted meanwhile: then
 //    the append completes). A dead or stopped sequencer (stop_sequencer(), or the creator gone)
 //    makes appends, registrations and payload_puts fail with kDeadlineExceeded after at most
-//    2 x full_timeout (the request, then its withdrawal, each wait bounded); nothing hangs.
+//    3 x full_timeout (the request, then its withdrawal, each wait bounded; a withdrawal for the
+//    hook may wait twice), or with kUnavailable
+//    as soon as its process is seen gone from this host (see "Crash fencing, noncoherent mode");
+//    nothing hangs.
 //  - ltail, ctail: each replica's ltail and its ctail proposal |started| (raised before applying)
 //    sit on its own LtailLine; ctail() = max |started| over every replica id ever registered.
 //  - Membership: each ShmLog object owns a client mailbox (creator: client 0; an attacher names
@@ -58,20 +65,15 @@
 //    client mailbox; the grantee alone writes the slot's bytes and metadata (holders = active
 //    replicas). Each replica releases by writing the generation into its own release mark for
 //    the slot (DESIGN 3.3: one "applied" mark per replica); a payload is freed when every holder's
-//    mark equals its generation, which the sequencer checks before granting the slot again.
-//  - Entries: slots between a grant and their reuse are written only by the grantee; alive
-//    marker last, each flushed.
-// Residual risks: a client or appender whose host dies between a grant and its use leaks a
-// payload slot or leaves reserved indices unpublished (readers wait until the cluster fences
-// it); a sequencer that stalls for more than full_timeout between reading a request and granting
-// it may grant one its appender withdrew. Fencing here is NOT implemented (fence_dead returns
-// kUnimplemented): it would have to run in the sequencer (the only writer of the membership,
-// SequencerLine::active), which would drop a dead replica from |active| and, since a sequencer
-// knows every grant it made, write the no-ops for a dead grantee's unpublished range itself;
-// the grantee's publish must then be made conditional without an RMW (e.g. the sequencer
-// withholds the range's slots until the grantee confirms, or entries carry the incarnation and
-// readers ignore a fenced incarnation's entries), and zombies are told by an incarnation bump
-// the sequencer writes into the replica's ResponseLine.
+//    mark equals its generation (a fenced holder counts as released), which the sequencer checks
+//    before granting the slot again.
+//  - Entries: slots between a grant and their reuse are written only by the grantee (or, for a
+//    fenced grantee's holes, by the sequencer: see the publish handshake); alive marker last,
+//    each flushed.
+// Residual risks: a client whose host dies between a payload grant and its use leaks that
+// payload slot; a sequencer that stalls for more than full_timeout between reading a request and
+// granting it may grant one its appender withdrew. Replicas whose owner dies are fenced by the
+// sequencer ("Crash fencing, noncoherent mode" below); the sequencer's own death is not survived.
 //
 // Everything read from the region is checked before use: attach() validates the header (magic,
 // version, checksum, geometry, offsets against the geometry, region size, mode, cluster); an
@@ -112,7 +114,71 @@
 //    hardware write protection on shared memory): a zombie stalled between its checks and its
 //    memcpy for a whole lap of the log can scribble over the entry bytes of a reused slot; and a
 //    zombie that wakes, reserves after the fencer resolved its record, then dies again before
-//    its own check leaves holes. Noncoherent mode has no fencing yet (see below).
+//    its own check leaves holes.
+//
+// Crash fencing, noncoherent mode. There is no read-modify-write to arbitrate with, so exactly one
+// party decides: the sequencer, which already knows every grant it made and its owner.
+//  - Liveness as above, measured by the sequencer with the CREATOR's lease (ShmOptions::lease;
+//    an attacher's lease only times the sequencer, below; the rule "heartbeat() every lease / 2"
+//    is about the creator's lease): the owner changes |heartbeat| in its own ReplicaLine (the
+//    whole line is the owner's here) at most once a millisecond from append, exec, exec_while
+//    and their waits (a flush per operation would cost more than a lease needs), and on every
+//    heartbeat(). The sequencer learns the owner's pid and host tag from the join request, so a
+//    replica whose process is gone from our host is dead at once. It checks every
+//    clamp(lease / 8, 1 ms, 50 ms), from its thread and from the creator's own waits;
+//    fence_dead(lease) on the creator runs that check now with |lease| (on any other object it is
+//    a no-op: the sequencer does it).
+//  - Fencing replica r at incarnation k, all by the sequencer: r leaves |active| (the GC minimum;
+//    its requests are no longer served) and enters SequencerLine::fenced (every reader of a
+//    payload's holders then counts r as released: its payload holds are released for it at
+//    once), the incarnation a next join gets is bumped, and ResponseLine::fenced = k (flushed).
+//    A zombie (an owner still at incarnation k) reads that mark and returns kFailedPrecondition
+//    ("fenced"): heartbeat(), payload_release and deregister_replica on every call, append with
+//    its grant, and append, exec and exec_while on entry at most once a millisecond, with the
+//    heartbeat (a fencing follows a lease of silence, so the zombie's next operation reads it).
+//  - THE PUBLISH HANDSHAKE (why a slot never gets both an entry and a no-op, without a CAS). The
+//    sequencer remembers each replica's last grant: request number g, indices [first, +count).
+//    An appender's RequestLine::seq holds the number of its latest request until it asks again,
+//    which it does only after publishing all of that request's grant, or after the sequencer
+//    confirmed the request's withdrawal (no grant); it publishes grant g only if the
+//    ResponseLine read that delivers g (the grant and the mark share the line) shows no fenced
+//    mark. So while the sequencer reads seq == g, the owner may still be publishing g, and the
+//    sequencer fills NOTHING of g; it fills the unpublished indices of g (plain release stores of
+//    lap | kAliveNoop, flushed) only once one of these holds:
+//     (i)   seq != g: the owner moved on, so it published g whole; a hole there has no writer
+//           (only crash_in_append_for_testing's simulated crash, whose object plays dead, makes
+//           one);
+//     (ii)  the owner acknowledged: RequestLine::fence_ack == k, stored by an owner that read
+//           the mark, after its last write to the id's lines and slots (it never publishes
+//           after reading the mark);
+//     (iii) the owner's pid is gone from our host (a dead process stores nothing more);
+//     (iv)  one more lease has passed since the fencing: a dead owner on another host is told
+//           from a stalled one by time alone (plain loads and stores cannot decide between a
+//           crashed and a slow party).
+//    Or every index of g is published: nothing to fill. Only (iv) can be wrong. Residual risk:
+//    a zombie on another host that stalls for more than that second lease INSIDE its publish
+//    window (after reading its grant, before its last alive store: a memcpy and a flush per
+//    entry) publishes over a no-op, and readers that passed the no-op diverge from later ones.
+//    Readers wait on an unpublished index without a timeout, as in coherent mode: a dead
+//    appender's indices are decided within about a lease (pid gone: within ~50 ms; a silent
+//    owner on another host: one lease, two when it died inside its publish window).
+//  - The id stays fenced (not reusable; its lines keep their single writer, the zombie) until the
+//    sequencer has decided its slots AND the owner can write no more: its ack, or its pid gone.
+//    Then the sequencer, now the lines' only writer, stores r's release marks for every live
+//    payload r still held, forgets r's unanswered request, and clears r from |fenced|. An owner
+//    acknowledges from append, exec, exec_while and deregister_replica (which, for a fenced
+//    replica, only forgets it locally); heartbeat() and payload_release only report "fenced". A
+//    replica fenced by lease whose host never returns keeps its id until the log is re-created.
+//  - Like coherent mode, a payload_put that read the membership before a fencing may list the
+//    fenced id after its marks were written; the id's next owner (or its leave) releases it.
+//  - The creator's death is NOT survivable: the sequencer is the only writer of the tail and the
+//    membership, and no other sharer can take over without an atomic. It publishes its pid and
+//    host tag and changes SequencerLine::heartbeat at least every millisecond; a sharer on the
+//    same host whose waits (append, register, payload_put, and exec's wait for an unpublished
+//    entry) find that pid gone fail at once with kUnavailable ("the sequencer's process died");
+//    exec's wait also fails with kUnavailable once that heartbeat stayed unchanged for this
+//    object's lease (another host). Appends otherwise fail with kDeadlineExceeded after at most
+//    3 x full_timeout, as above. Re-create the log (a new epoch) to go on.
 //
 // Per-process state (the lagging-replica hook, full_timeout, lease) is not in the region; what
 // must match between sharers (entry_size, slot_count, max_replicas, payload geometry, log_id)
@@ -162,7 +228,8 @@ struct ShmOptions {
   // Kept alive as long as the log (e.g. the object that owns the mapping). May be empty.
   std::shared_ptr<void> keep_alive{};
   // How long another replica's heartbeat may stay unchanged before this object fences it (see
-  // "Crash fencing"). Per process; > 0.
+  // "Crash fencing"). Per process; > 0. Noncoherent mode: the lease of the whole log (only the
+  // creator's sequencer fences).
   std::chrono::nanoseconds lease = std::chrono::seconds(2);
 };
 
@@ -178,7 +245,9 @@ struct ShmAttachOptions {
   std::chrono::nanoseconds full_timeout = std::chrono::seconds(10);  // as LogOptions
   LaggingReplicaHook on_lagging{};                                   // as LogOptions
   std::shared_ptr<void> keep_alive{};                                // as ShmOptions
-  std::chrono::nanoseconds lease = std::chrono::seconds(2);          // as ShmOptions
+  // As ShmOptions (coherent mode). Noncoherent mode: how long the sequencer's heartbeat may stay
+  // unchanged before exec's wait for an unpublished entry gives up (kUnavailable).
+  std::chrono::nanoseconds lease = std::chrono::seconds(2);
 };
 
 template <typename Access>
@@ -217,10 +286,14 @@ class BasicShmLog final : public Log {
   // Errors: kNotFound (not registered through this object), kUnavailable (as register_replica),
   // kDeadlineExceeded (noncoherent: the sequencer did not answer; the replica stays registered).
   Status deregister_replica(ReplicaId replica);
-  // Errors: as Log; kDeadlineExceeded also when (noncoherent) the sequencer does not answer.
+  // Errors: as Log; kFailedPrecondition when |replica| was fenced; kDeadlineExceeded also when
+  // (noncoherent) the sequencer does not answer; kUnavailable (noncoherent) when the sequencer's
+  // process died (same host).
   Result<LogIndex> append(ReplicaId replica, Batch batch, EntryVisitor apply_own) override;
   // Errors: as Log, and kDataLoss for an entry that fails its bounds check or a slot overwritten
-  // before this replica read it (a corrupt region); ltail then points at that entry.
+  // before this replica read it (a corrupt region); ltail then points at that entry;
+  // kFailedPrecondition when |replica| was fenced; kUnavailable (noncoherent) while waiting for an
+  // unpublished entry when the sequencer's process died or its heartbeat stopped for the lease.
   Result<LogIndex> exec(ReplicaId replica, EntryVisitor visitor) override;
   Result<LogIndex> exec_while(ReplicaId replica, StoppingVisitor visitor) override;
   LogIndex tail() const override {
@@ -263,10 +336,11 @@ class BasicShmLog final : public Log {
   // Noncoherent mode: true while this object runs the log's sequencer (only the creator does).
   bool sequencer_running() const { return sequencer_ != nullptr && !sequencer_stop_.load(std::memory_order_acquire); }
   // Noncoherent mode, creator only: stops the sequencer for good, as if its host had died (tests
-  // the bounded waits: every sharer's appends then fail with kDeadlineExceeded). No-op otherwise.
+  // the bounded waits: other sharers' appends then fail with kDeadlineExceeded, this object's
+  // with kUnavailable). No-op otherwise.
   void stop_sequencer();
 
-  // ---- Crash fencing (coherent mode; see "Crash fencing" above) ----
+  // ---- Crash fencing (see "Crash fencing" and "Crash fencing, noncoherent mode" above) ----
   // Marks every replica registered through this object alive (the kernel's idle loop calls it at
   // least every lease / 2). Errors: kFailedPrecondition naming the first of them that was fenced
   // (the others still beat).
@@ -274,9 +348,11 @@ class BasicShmLog final : public Log {
   // Fences every replica, not owned by this object, whose owner is gone (same host, pid gone) or
   // whose heartbeat this object has seen unchanged for |lease|, and finishes earlier fencings
   // whose reserved slots were still covered by a live appender's record. Bounded: takes the GC
-  // lock (breaking it for a dead holder on this host) for at most full_timeout.
-  // Errors: kUnimplemented (noncoherent mode), kInvalidArgument (|lease| <= 0), kUnavailable (the
-  // GC lock stayed held by a live process past full_timeout).
+  // lock (breaking it for a dead holder on this host) for at most full_timeout. Noncoherent mode:
+  // the sequencer fences; on the creator this runs its liveness check now with |lease| (and
+  // finishes earlier fencings it can), on any other object it does nothing.
+  // Errors: kInvalidArgument (|lease| <= 0), kUnavailable (coherent: the GC lock stayed held by a
+  // live process past full_timeout).
   Status fence_dead(std::chrono::nanoseconds lease);
   // Replicas this object has fenced so far (statistics, tests).
   uint64_t fenced_count() const { return fenced_count_.load(std::memory_order_relaxed); }
@@ -287,6 +363,15 @@ class BasicShmLog final : public Log {
   void crash_in_append_for_testing(uint64_t nth, uint32_t publish, bool kill);
 
  private:
+  // What this object last saw of another replica's (or the sequencer's) heartbeat: the fencer's
+  // own clock times the lease.
+  struct Observation {
+    uint64_t incarnation = 0;
+    uint64_t heartbeat = 0;
+    std::chrono::steady_clock::time_point since{};
+    bool valid = false;
+  };
+
   // The sequencer's private state (noncoherent creator only). Complete here, not in
   // shm_log_impl.h, so that clang's -Wthread-safety can name its mutex in the declarations below.
   struct Sequencer {
@@ -295,6 +380,13 @@ class BasicShmLog final : public Log {
           incarnation(g.max_replicas, 0),
           join_start(g.max_replicas, 0),
           owner(g.max_replicas, 0),
+          owner_pid(g.max_replicas, 0),
+          owner_host(g.max_replicas, 0),
+          grant_seq(g.max_replicas, 0),
+          grant_first(g.max_replicas, 0),
+          grant_count(g.max_replicas, 0),
+          victims(g.max_replicas),
+          observed(g.max_replicas),
           client_answered(shm::kMaxClients, 0),
           payload_generation(g.payload_slots, 0) {}
 
@@ -305,18 +397,40 @@ class BasicShmLog final : public Log {
       uint64_t status;
       uint64_t value[3];
     };
+    // A fenced replica whose id is not free yet (see "Crash fencing, noncoherent mode").
+    struct Victim {
+      bool pending = false;
+      bool slots_done = false;  // every index of its last grant is published or a no-op
+      uint64_t incarnation = 0;  // the fenced one (ResponseLine::fenced)
+      uint64_t grant_seq = 0;    // its last grant: request number, first index, count
+      LogIndex grant_first = 0;
+      uint64_t grant_count = 0;
+      std::chrono::steady_clock::time_point fenced_at{};
+      std::chrono::nanoseconds lease{};  // the lease it was fenced with (fallback (iv))
+    };
 
     Mutex mu;
     LogIndex tail NRX_GUARDED_BY(mu) = 0;
     uint64_t active NRX_GUARDED_BY(mu) = 0;
     uint64_t ever NRX_GUARDED_BY(mu) = 0;
+    uint64_t fenced NRX_GUARDED_BY(mu) = 0;  // ids fenced and not free yet (SequencerLine::fenced)
     uint64_t passes NRX_GUARDED_BY(mu) = 0;
+    uint64_t beats NRX_GUARDED_BY(mu) = 0;  // SequencerLine::heartbeat
+    std::chrono::steady_clock::time_point last_beat NRX_GUARDED_BY(mu){};
+    std::chrono::steady_clock::time_point last_liveness NRX_GUARDED_BY(mu){};
     uint32_t next_replica NRX_GUARDED_BY(mu) = 0;  // round-robin start of the next pass
     uint64_t payload_hint NRX_GUARDED_BY(mu) = 0;
     std::vector<uint64_t> answered NRX_GUARDED_BY(mu);     // per replica: last request number answered
-    std::vector<uint64_t> incarnation NRX_GUARDED_BY(mu);  // per replica: the join granted last
+    std::vector<uint64_t> incarnation NRX_GUARDED_BY(mu);  // per replica: the join granted last (+1 once fenced)
     std::vector<LogIndex> join_start NRX_GUARDED_BY(mu);   // per replica: its ltail until it confirms
     std::vector<uint32_t> owner NRX_GUARDED_BY(mu);        // per replica: the client that joined it
+    std::vector<uint64_t> owner_pid NRX_GUARDED_BY(mu);    // per replica: its owner's pid and host tag
+    std::vector<uint64_t> owner_host NRX_GUARDED_BY(mu);   //   (from the join request)
+    std::vector<uint64_t> grant_seq NRX_GUARDED_BY(mu);    // per replica: its last grant
+    std::vector<LogIndex> grant_first NRX_GUARDED_BY(mu);
+    std::vector<uint64_t> grant_count NRX_GUARDED_BY(mu);
+    std::vector<Victim> victims NRX_GUARDED_BY(mu);
+    std::vector<Observation> observed NRX_GUARDED_BY(mu);  // per replica: its heartbeat
     std::vector<uint64_t> client_answered NRX_GUARDED_BY(mu);
     std::vector<uint64_t> payload_generation NRX_GUARDED_BY(mu);  // per slot: last granted (0: never)
     std::vector<Answer> answers NRX_GUARDED_BY(mu);                // this pass's, written at its end
@@ -427,8 +541,11 @@ class BasicShmLog final : public Log {
   // Reserves |n| indices through the sequencer (see the header comment).
   Result<LogIndex> reserve_noncoherent(ReplicaId replica, uint64_t n, EntryVisitor apply_own);
   Result<PayloadRef> payload_put_noncoherent(std::span<const std::byte> data, uint64_t holders);
-  // Every replica in |holders| has released generation |generation| of payload slot |where|.
-  bool released_by_all(uint64_t where, uint32_t generation, uint64_t holders) const;
+  // Every replica in |holders| but those in |fenced| (whose holds were released for them) has
+  // released generation |generation| of payload slot |where|.
+  bool released_by_all(uint64_t where, uint32_t generation, uint64_t holders, uint64_t fenced) const;
+  // SequencerLine::fenced as this host sees it now.
+  uint64_t fenced_replicas() const;
   // Runs one sequencer pass here if this object owns the sequencer and nobody else is in one.
   void try_sequencer_pass();
   void sequencer_main();
@@ -436,6 +553,34 @@ class BasicShmLog final : public Log {
   bool sequencer_pass_locked(Sequencer& s) NRX_REQUIRES(s.mu);
   // min ltail over the active replicas as the sequencer knows them (tail if none).
   LogIndex sequencer_head_locked(Sequencer& s) NRX_REQUIRES(s.mu);
+  // Writes |active|, |ever| and |fenced| to the SequencerLine when they changed (and flushes).
+  void publish_membership_locked(Sequencer& s) NRX_REQUIRES(s.mu);
+
+  // ---- Noncoherent mode: crash fencing (see "Crash fencing, noncoherent mode") ----
+  // How often the sequencer looks at heartbeats and pids, and waiters at the sequencer.
+  static std::chrono::nanoseconds liveness_period(std::chrono::nanoseconds lease);
+  // Fences every dead replica not owned by this object (pid gone, or heartbeat unchanged for
+  // |lease|), then moves every pending fencing on.
+  void sequencer_liveness_locked(Sequencer& s, std::chrono::nanoseconds lease,
+                                 std::chrono::steady_clock::time_point now) NRX_REQUIRES(s.mu);
+  void fence_noncoherent_locked(Sequencer& s, ReplicaId victim, std::chrono::nanoseconds lease,
+                                std::chrono::steady_clock::time_point now) NRX_REQUIRES(s.mu);
+  // Fills the victim's unpublished indices once the handshake allows it, and frees its id once
+  // its owner can write no more.
+  void resolve_victim_locked(Sequencer& s, ReplicaId victim, std::chrono::steady_clock::time_point now)
+      NRX_REQUIRES(s.mu);
+  void free_victim_locked(Sequencer& s, ReplicaId victim) NRX_REQUIRES(s.mu);
+  // True when the sequencer has fenced |replica| (owned) at the incarnation we registered with.
+  bool fenced_mark_seen(ReplicaId replica) const;
+  // At an exit of append/exec/exec_while/deregister that found |replica| fenced (its combiner, no
+  // write to the id's lines after this): acknowledges the fencing once. Returns fenced_error.
+  Status acknowledge_fencing(ReplicaId replica) NRX_EXCLUDES(ack_mu_);
+  // Changes |replica|'s heartbeat word, at most once a millisecond unless |force|; with
+  // |check_fenced|, first reads the fenced mark and returns false (no beat) when it is set.
+  bool beat_noncoherent(ReplicaId replica, bool force, bool check_fenced);
+  // kUnavailable when the sequencer is gone: its process died (same host) or, with |silent_too|,
+  // its heartbeat stayed unchanged for lease_. OK otherwise (and always on a live creator).
+  Status check_sequencer(bool silent_too) NRX_EXCLUDES(fence_mu_);
 
   std::byte* const base_;
   const shm::Geometry geo_;
@@ -453,15 +598,18 @@ class BasicShmLog final : public Log {
   const uint32_t host_tag_;
   const std::chrono::nanoseconds lease_;
   std::unique_ptr<uint64_t[]> incarnation_;
-  // What this object last saw of each other replica: the fencer's own clock times the lease.
-  struct Observation {
-    uint64_t incarnation = 0;
-    uint64_t heartbeat = 0;
-    std::chrono::steady_clock::time_point since{};
-    bool valid = false;
-  };
+  // What this object last saw of each other replica (coherent fencing) and of the sequencer
+  // (noncoherent attachers).
   Mutex fence_mu_;  // one fence_dead at a time per object
   std::vector<Observation> observed_ NRX_GUARDED_BY(fence_mu_);
+  Observation sequencer_observed_ NRX_GUARDED_BY(fence_mu_);
+  // Noncoherent: per owned replica, when this object last changed its heartbeat (steady clock,
+  // ns); the owned replicas whose fencing this object acknowledged (it never writes their lines
+  // again); and the lock that orders that acknowledgement after any heartbeat() or
+  // payload_release still writing the id's lines from another thread.
+  std::unique_ptr<std::atomic<int64_t>[]> last_beat_ns_;
+  std::atomic<uint64_t> acknowledged_{0};
+  Mutex ack_mu_;
   std::atomic<uint64_t> fenced_count_{0};
   // crash_in_append_for_testing: appends left before the crash (0: off), and its parameters.
   std::atomic<uint64_t> crash_countdown_{0};

@@ -1,16 +1,21 @@
-// Crash fencing of the coherent shared-memory log (logs/shm/shm_log.h, "Crash fencing"):
+// Crash fencing of the shared-memory log (logs/shm/shm_log.h, "Crash fencing" and "Crash
+// fencing, noncoherent mode"), in both modes:
 //  - in one process, two ShmLog objects on one region, the second "crashing" mid-append through
 //    crash_in_append_for_testing (reserve, publish part of the batch, stop): the survivor's exec
 //    and append go on once the lease runs out, no-ops are skipped, the zombie's operations fail
 //    with kFailedPrecondition, its payload holds are released and its id is free again;
-//  - a child process that SIGKILLs itself between reserving and publishing (pid fast path: no
-//    lease wait), and a GC lock held by a dead pid (broken);
+//  - an idle replica that stops heartbeating is fenced when the log fills (one that beats is not);
+//  - a process that SIGKILLs itself between reserving and publishing (pid fast path: no lease
+//    wait), and (coherent) a GC lock held by a dead pid (broken);
+//  - noncoherent: only the sequencer fences (fence_dead elsewhere is a no-op), and the death of
+//    the sequencer's process fails the survivors' waits with kUnavailable instead of hanging;
 //  - three worker processes (shm_log_worker) running an NR hash map, one of which SIGKILLs itself
 //    at a seeded random append, mid-batch: the two survivors finish every operation, agree on the
 //    digest, and the merged history (the dead worker's acknowledged operations included, its
 //    pending ones as "may or may not have happened") is linearizable.
-// Every wait has a generous deadline (tens of seconds): the machine may be loaded; no test
-// asserts a tight wall-clock bound.
+// Noncoherent mode's zero read-modify-write proof covers fencing in shm_log_test.cc (the counting
+// Access policy lives there). Every wait polls with a generous deadline (tens of seconds): the
+// machine may be loaded; no test asserts a tight wall-clock bound.
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -66,14 +71,25 @@ Result<LogIndex> append_n(ShmLog& log, ReplicaId r, uint64_t key, size_t n) {
   return log.append(r, batch, [](const Entry&) {});
 }
 
-// Two objects on one memfd region: the creator (the survivor) and an attached one (the victim).
+// Two objects on one memfd region: the creator (the survivor; noncoherent: it runs the sequencer,
+// so it is the fencer) and an attached one (the victim; noncoherent: client 1).
 struct TwoObjects {
   std::shared_ptr<MappedRegion> region;
   std::unique_ptr<ShmLog> survivor;
   std::unique_ptr<ShmLog> victim;
 };
 
-TwoObjects make_two(uint32_t slot_count, std::chrono::nanoseconds lease) {
+ShmAttachOptions attach_options(ShmMode mode, uint32_t client, std::chrono::nanoseconds lease) {
+  ShmAttachOptions a;
+  a.cluster_id = kCluster;
+  a.full_timeout = 30s;
+  a.lease = lease;
+  a.mode = mode;
+  a.client = client;
+  return a;
+}
+
+TwoObjects make_two(uint32_t slot_count, std::chrono::nanoseconds lease, ShmMode mode = ShmMode::kCoherent) {
   TwoObjects t;
   LogOptions o;
   o.entry_size = 16;
@@ -84,6 +100,7 @@ TwoObjects make_two(uint32_t slot_count, std::chrono::nanoseconds lease) {
   shm.cluster_id = kCluster;
   shm.payload_bytes = 4 * 4096;
   shm.lease = lease;
+  shm.mode = mode;
   auto region = MappedRegion::create(MappedRegion::Kind::kMemfd, ShmLog::region_bytes(o, shm));
   EXPECT_TRUE(region.ok()) << region.status().to_string();
   if (!region.ok()) return t;
@@ -92,11 +109,9 @@ TwoObjects make_two(uint32_t slot_count, std::chrono::nanoseconds lease) {
   EXPECT_TRUE(created.ok()) << created.status().to_string();
   if (!created.ok()) return t;
   t.survivor = std::move(created).value();
-  ShmAttachOptions a;
-  a.cluster_id = kCluster;
-  a.full_timeout = 30s;
-  a.lease = lease;
-  auto attached = ShmLog::attach(t.region->bytes(), a);
+  // Noncoherent: the attacher's lease only times the sequencer (never silent here); keep it long.
+  auto attached = ShmLog::attach(t.region->bytes(),
+                                 attach_options(mode, 1, mode == ShmMode::kNoncoherent ? std::chrono::nanoseconds(60s) : lease));
   EXPECT_TRUE(attached.ok()) << attached.status().to_string();
   if (attached.ok()) t.victim = std::move(attached).value();
   return t;
@@ -327,19 +342,282 @@ TEST(ShmFencingTest, DeadGcLockHolderIsBroken) {
   std::atomic_ref<uint64_t>(lock_word).store(0, std::memory_order_release);
 }
 
-// Noncoherent mode has no fencing: fence_dead says so.
-TEST(ShmFencingTest, NoncoherentFencingIsUnimplemented) {
+// ---- Noncoherent mode: the sequencer fences ---------------------------------------------------
+
+// Polls |done| every millisecond until it holds or |deadline| passes; true when it held.
+template <typename F>
+bool poll_until(std::chrono::seconds deadline, F done) {
+  const auto end = Clock::now() + deadline;
+  while (!done()) {
+    if (Clock::now() >= end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// As CrashMidAppendIsFencedAfterTheLease, in noncoherent mode: the victim (client 1) is granted a
+// batch of 3, publishes its first entry and stops while its grant is still its latest request
+// (inside its publish window, as far as the sequencer can tell). The survivor's sequencer fences
+// it once its heartbeat stayed unchanged for the lease, waits one more lease (the owner might still
+// publish: its process lives), then fills the two holes with no-ops; the survivor's exec skips
+// them. The zombie is refused; its acknowledgement frees the id.
+TEST(ShmFencingTest, NoncoherentCrashMidAppendIsFencedBySequencer) {
+  constexpr auto kLease = 200ms;
+  TwoObjects t = make_two(64, kLease, ShmMode::kNoncoherent);
+  ASSERT_NE(t.victim, nullptr);
+  const ReplicaId s = t.survivor->register_replica().value();
+  const ReplicaId v = t.victim->register_replica().value();
+  const PayloadRef ref = t.survivor->payload_put(bytes_of(5, 100)).value();
+  ASSERT_EQ(append_n(*t.survivor, s, 0, 2).value_or(~0ull), 0u);
+  ASSERT_EQ(append_n(*t.victim, v, 10, 1).value_or(~0ull), 2u);
+  ASSERT_EQ(t.victim->exec(v, [](const Entry&) {}).value_or(0), 3u);
+
+  // The victim's last heartbeat is this one or a later one: the sequencer's lease runs from its
+  // first look at it.
+  const auto last_beat = Clock::now();
+  ASSERT_TRUE(t.victim->heartbeat().ok());
+  t.victim->crash_in_append_for_testing(1, /*publish=*/1, /*kill=*/false);
+  Result<LogIndex> crashed = append_n(*t.victim, v, 20, 3);  // indices 3 (published), 4, 5 (holes)
+  ASSERT_EQ(crashed.status().code(), StatusCode::kAborted) << crashed.status().to_string();
+  ASSERT_EQ(t.survivor->tail(), 6u);
+  ASSERT_EQ(append_n(*t.survivor, s, 30, 1).value_or(~0ull), 6u);
+
+  std::vector<std::pair<LogIndex, ReplicaId>> seen;
+  Result<LogIndex> lt = Status::internal("exec never returned");
+  ASSERT_TRUE(finishes_within(60s, [&] { lt = t.survivor->exec(s, [&](const Entry& e) { seen.emplace_back(e.index, e.writer); }); }))
+      << "the survivor's exec waited on the dead replica's hole forever";
+  const auto waited = Clock::now() - last_beat;
+  ASSERT_TRUE(lt.ok()) << lt.status().to_string();
+  EXPECT_EQ(*lt, 7u);
+  const std::vector<std::pair<LogIndex, ReplicaId>> want = {{0, s}, {1, s}, {2, v}, {3, v}, {6, s}};
+  EXPECT_EQ(seen, want) << "the no-ops at 4 and 5 must be skipped, everything else applied once";
+  // A lease of silence to fence, and one more before filling a grant its owner might publish.
+  EXPECT_GE(waited, 2 * kLease) << "filled while its (live) owner might still publish";
+  ::testing::Test::RecordProperty("exec_wait_ms",
+                                  std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
+  EXPECT_EQ(t.survivor->fenced_count(), 1u);
+  EXPECT_EQ(t.survivor->active_replicas(), uint64_t{1} << s);
+  EXPECT_EQ(t.survivor->head(), 7u);
+
+  // Its payload hold counts as released at once: the survivor's release frees the payload.
+  EXPECT_TRUE(t.victim->payload_get(ref).ok());
+  EXPECT_TRUE(t.survivor->payload_release(s, ref).ok());
+  EXPECT_EQ(t.survivor->payloads_live(), 0u);
+
+  // The zombie: every operation says "fenced"; it cannot append or move anything.
+  EXPECT_EQ(t.victim->heartbeat().code(), StatusCode::kFailedPrecondition);
+  Result<LogIndex> zombie_append = append_n(*t.victim, v, 40, 1);
+  EXPECT_EQ(zombie_append.status().code(), StatusCode::kFailedPrecondition) << zombie_append.status().to_string();
+  EXPECT_NE(zombie_append.status().to_string().find("fenced"), std::string::npos);
+  EXPECT_EQ(t.victim->exec(v, [](const Entry&) {}).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(t.victim->payload_release(v, ref).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(t.survivor->tail(), 7u);
+
+  // The zombie acknowledged (its append above): the id is free again; a new registration starts
+  // at head and sees only new entries.
+  const ReplicaId again = t.survivor->register_replica().value();
+  EXPECT_EQ(again, v);
+  EXPECT_EQ(t.survivor->ltail(again).value_or(~0ull), 7u);
+  ASSERT_EQ(append_n(*t.survivor, s, 50, 2).value_or(~0ull), 7u);
+  std::vector<LogIndex> fresh;
+  EXPECT_EQ(t.survivor->exec(again, [&](const Entry& e) { fresh.push_back(e.index); }).value_or(0), 9u);
+  EXPECT_EQ(fresh, (std::vector<LogIndex>{7, 8}));
+  // The zombie still cannot touch the id's new owner.
+  EXPECT_EQ(t.victim->exec(v, [](const Entry&) {}).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(t.survivor->ltail(again).value_or(~0ull), 9u);
+  EXPECT_TRUE(t.victim->deregister_replica(v).ok()) << "a fenced replica's leave only forgets it locally";
+  EXPECT_EQ(t.survivor->active_replicas(), (uint64_t{1} << s) | (uint64_t{1} << again));
+}
+
+// As FullLogWaitFencesAnIdleReplica, in noncoherent mode: while its owner beats, an idle replica
+// holding the head is not fenced (a third object's appends time out instead); once it stops, the
+// sequencer fences it after the lease and the survivor's appends, waiting on the full log, resume.
+TEST(ShmFencingTest, NoncoherentFullLogWaitFencesAnIdleReplica) {
+  constexpr auto kLease = 300ms;
+  TwoObjects t = make_two(8, kLease, ShmMode::kNoncoherent);
+  ASSERT_NE(t.victim, nullptr);
+  const ReplicaId s = t.survivor->register_replica().value();
+  const ReplicaId v = t.victim->register_replica().value();
+
+  std::atomic<bool> stop{false};
+  // When the victim's last heartbeat started: the sequencer's lease runs from its first look at
+  // that beat, which comes after this.
+  std::atomic<int64_t> last_beat_ns{0};
+  std::thread beater([&] {
+    while (!stop.load(std::memory_order_acquire)) {
+      last_beat_ns.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+      EXPECT_TRUE(t.victim->heartbeat().ok());
+      EXPECT_TRUE(t.survivor->heartbeat().ok());
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  {
+    ShmAttachOptions a = attach_options(ShmMode::kNoncoherent, 2, 60s);
+    a.full_timeout = 1s;
+    auto impatient = ShmLog::attach(t.region->bytes(), a).value();
+    const ReplicaId i = impatient->register_replica().value();
+    ASSERT_TRUE(t.survivor->exec(s, [](const Entry&) {}).ok());
+    Status last;
+    for (uint64_t k = 0; k < 9 && last.ok(); ++k) last = append_n(*impatient, i, k, 1).status();
+    EXPECT_EQ(last.code(), StatusCode::kDeadlineExceeded) << last.to_string();
+    EXPECT_EQ(t.survivor->fenced_count(), 0u) << "a replica that heartbeats was fenced";
+    ASSERT_TRUE(impatient->deregister_replica(i).ok());
+  }
+  stop.store(true, std::memory_order_release);
+  beater.join();
+  EXPECT_NE(t.survivor->active_replicas() & (uint64_t{1} << v), 0u);
+
+  Status error;
+  ASSERT_TRUE(finishes_within(60s, [&] {
+    for (uint64_t k = 0; k < 40 && error.ok(); ++k) error = append_n(*t.survivor, s, k, 1).status();
+  }));
+  EXPECT_TRUE(error.ok()) << error.to_string();
+  const Clock::time_point last_beat{Clock::duration(last_beat_ns.load(std::memory_order_relaxed))};
+  EXPECT_GE(Clock::now() - last_beat, kLease) << "fenced before its heartbeat was silent for the lease";
+  EXPECT_EQ(t.survivor->active_replicas(), uint64_t{1} << s);
+  EXPECT_EQ(t.survivor->fenced_count(), 1u);
+  EXPECT_EQ(t.victim->exec(v, [](const Entry&) {}).status().code(), StatusCode::kFailedPrecondition);
+}
+
+// fence_dead in noncoherent mode: only the creator (the sequencer) fences, with the lease given;
+// elsewhere it is a no-op. A lease that has not run out fences nobody.
+TEST(ShmFencingTest, NoncoherentFenceDeadRunsOnTheSequencer) {
+  TwoObjects t = make_two(16, 10s, ShmMode::kNoncoherent);  // the sequencer's own checks: 10 s
+  ASSERT_NE(t.victim, nullptr);
+  const ReplicaId s = t.survivor->register_replica().value();
+  const ReplicaId v = t.victim->register_replica().value();
+  EXPECT_EQ(t.survivor->fence_dead(0ns).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.victim->fence_dead(0ns).code(), StatusCode::kInvalidArgument);
+  const auto last_beat = Clock::now();
+  ASSERT_TRUE(t.victim->heartbeat().ok());
+  EXPECT_TRUE(t.survivor->fence_dead(std::chrono::hours(1)).ok());
+  EXPECT_TRUE(t.victim->fence_dead(1ns).ok()) << "not the sequencer: a no-op";
+  EXPECT_EQ(t.victim->fenced_count(), 0u);
+  EXPECT_EQ(t.survivor->fenced_count(), 0u);
+  EXPECT_NE(t.survivor->active_replicas() & (uint64_t{1} << v), 0u);
+  ASSERT_TRUE(poll_until(20s, [&] {
+    EXPECT_TRUE(t.survivor->fence_dead(50ms).ok());
+    return t.survivor->fenced_count() == 1;
+  }));
+  EXPECT_GE(Clock::now() - last_beat, 50ms) << "fenced before its heartbeat was silent for the lease";
+  EXPECT_EQ(t.survivor->active_replicas(), uint64_t{1} << s);
+  EXPECT_EQ(t.victim->heartbeat().code(), StatusCode::kFailedPrecondition);
+}
+
+// Defined with the multi-process helpers below.
+Result<pid_t> spawn(const std::vector<std::string>& args);
+std::string read_file(const std::string& path);
+
+// A worker process (noncoherent, client 1) registers, is granted a batch and SIGKILLs itself
+// before publishing. Same host, pid gone: the sequencer fences it at once (its lease is an hour)
+// and fills the hole; the survivor's exec goes on.
+TEST(ShmFencingTest, NoncoherentDeadProcessIsFencedWithoutWaitingForTheLease) {
   LogOptions o;
-  o.entry_size = 16;
+  o.entry_size = 32;
   o.slot_count = 16;
-  o.payload_slots = 1;
+  o.payload_slots = 4;
   ShmOptions shm;
   shm.cluster_id = kCluster;
-  shm.payload_bytes = 4096;
+  shm.payload_bytes = 4 * 4096;
   shm.mode = ShmMode::kNoncoherent;
-  auto region = MappedRegion::create(MappedRegion::Kind::kMemfd, ShmLog::region_bytes(o, shm)).value();
+  shm.lease = std::chrono::hours(1);
+  auto region = MappedRegion::create(MappedRegion::Kind::kDevShm, ShmLog::region_bytes(o, shm)).value();
+  auto control = MappedRegion::create(MappedRegion::Kind::kDevShm, 4096).value();
   auto log = ShmLog::create(region->bytes(), o, shm).value();
-  EXPECT_EQ(log->fence_dead(1s).code(), StatusCode::kUnimplemented);
+  const ReplicaId s = log->register_replica().value();
+  ASSERT_EQ(append_n(*log, s, 0, 1).value_or(~0ull), 0u);
+
+  const std::string out = "/dev/shm/nrx-shm-fence-nc-" + std::to_string(getpid()) + ".out";
+  Result<pid_t> pid = spawn({NRX_SHM_LOG_WORKER, "--region", region->path(), "--control", control->path(), "--out",
+                             out, "--cluster", std::to_string(kCluster), "--mode", "noncoherent", "--client", "1",
+                             "--workers", "1", "--threads", "1", "--ops", "1000", "--keys", "4",
+                             "--die-after-appends", "1", "--die-publish", "0"});
+  ASSERT_TRUE(pid.ok()) << pid.status().to_string();
+  int status = 0;
+  const bool died = poll_until(30s, [&] { return waitpid(*pid, &status, WNOHANG) == *pid; });
+  if (!died) {
+    kill(*pid, SIGKILL);
+    waitpid(*pid, &status, 0);
+  }
+  std::remove(out.c_str());
+  ASSERT_TRUE(died) << "the worker never crashed";
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "worker status " << status;
+  ASSERT_EQ(log->tail(), 2u) << "the worker was granted index 1";
+
+  const auto start = Clock::now();
+  std::vector<LogIndex> seen;
+  Result<LogIndex> lt = Status::internal("exec never returned");
+  ASSERT_TRUE(finishes_within(60s, [&] { lt = log->exec(s, [&](const Entry& e) { seen.push_back(e.index); }); }));
+  ASSERT_TRUE(lt.ok()) << lt.status().to_string();
+  EXPECT_EQ(*lt, 2u);
+  EXPECT_EQ(seen, (std::vector<LogIndex>{0}));
+  EXPECT_LT(Clock::now() - start, 30s) << "waited for the lease instead of the pid";
+  EXPECT_EQ(log->active_replicas(), uint64_t{1} << s);
+  EXPECT_EQ(log->fenced_count(), 1u);
+  EXPECT_EQ(append_n(*log, s, 1, 1).value_or(~0ull), 2u);
+}
+
+// The death of the sequencer's process (the creator, a worker here) is not survivable in
+// noncoherent mode; the survivors must say so instead of hanging: an exec waiting on a hole that
+// only the sequencer could fence, an append, a registration and a payload_put all fail with
+// kUnavailable, long before their full_timeout.
+TEST(ShmFencingTest, NoncoherentSequencerDeathFailsWaitersClearly) {
+  LogOptions o;  // what shm_log_worker --create lays out
+  o.entry_size = 32;
+  o.slot_count = 16;
+  o.payload_slots = 4;
+  ShmOptions shm;
+  shm.cluster_id = kCluster;
+  shm.payload_bytes = 4 * 4096;
+  shm.mode = ShmMode::kNoncoherent;
+  auto region = MappedRegion::create(MappedRegion::Kind::kDevShm, ShmLog::region_bytes(o, shm)).value();
+  const std::string out = "/dev/shm/nrx-shm-fence-seq-" + std::to_string(getpid()) + ".out";
+  Result<pid_t> creator = spawn({NRX_SHM_LOG_WORKER, "--create", "--region", region->path(), "--out", out,
+                                 "--cluster", std::to_string(kCluster), "--mode", "noncoherent", "--slots", "16",
+                                 "--lease-ms", "60000"});
+  ASSERT_TRUE(creator.ok()) << creator.status().to_string();
+  std::unique_ptr<ShmLog> a, b;
+  const bool attached = poll_until(30s, [&] {
+    if (read_file(out).rfind("created", 0) != 0) return false;
+    auto r = ShmLog::attach(region->bytes(), attach_options(ShmMode::kNoncoherent, 1, 300ms));
+    if (r.ok()) a = std::move(r).value();
+    return a != nullptr;
+  });
+  if (!attached) {
+    kill(*creator, SIGKILL);
+    waitpid(*creator, nullptr, 0);
+    std::remove(out.c_str());
+  }
+  ASSERT_TRUE(attached) << "the creator never made the log: " << read_file(out);
+  std::remove(out.c_str());
+  b = ShmLog::attach(region->bytes(), attach_options(ShmMode::kNoncoherent, 2, 300ms)).value();
+  const ReplicaId ra = a->register_replica().value();
+  const ReplicaId rb = b->register_replica().value();
+  ASSERT_EQ(append_n(*a, ra, 0, 1).value_or(~0ull), 0u);
+  b->crash_in_append_for_testing(1, /*publish=*/0, /*kill=*/false);
+  ASSERT_EQ(append_n(*b, rb, 1, 1).status().code(), StatusCode::kAborted);  // index 1: a hole
+  kill(*creator, SIGKILL);
+  ASSERT_EQ(waitpid(*creator, nullptr, 0), *creator);
+
+  auto is_sequencer_death = [](const Status& st) {
+    return st.code() == StatusCode::kUnavailable && st.message().find("sequencer") != std::string::npos &&
+           st.message().find("died") != std::string::npos;
+  };
+  Result<LogIndex> lt = Status::internal("exec never returned");
+  std::vector<LogIndex> seen;
+  ASSERT_TRUE(finishes_within(60s, [&] { lt = a->exec(ra, [&](const Entry& e) { seen.push_back(e.index); }); }))
+      << "exec hung on a hole nobody can fence any more";
+  EXPECT_TRUE(is_sequencer_death(lt.status())) << lt.status().to_string();
+  EXPECT_EQ(seen, (std::vector<LogIndex>{0}));
+  EXPECT_EQ(a->ltail(ra).value_or(~0ull), 1u) << "ltail stops at the hole";
+  const auto start = Clock::now();
+  Result<LogIndex> appended = append_n(*a, ra, 2, 1);
+  EXPECT_TRUE(is_sequencer_death(appended.status())) << appended.status().to_string();
+  Result<ReplicaId> joined = a->register_replica();
+  EXPECT_TRUE(is_sequencer_death(joined.status())) << joined.status().to_string();
+  Result<PayloadRef> put = a->payload_put(bytes_of(1, 64));
+  EXPECT_TRUE(is_sequencer_death(put.status())) << put.status().to_string();
+  EXPECT_LT(Clock::now() - start, 10s) << "waited for full_timeout (30 s) instead of noticing the death";
 }
 
 // ---- Three processes, one SIGKILLed mid-append -------------------------------------------------
@@ -534,8 +812,10 @@ Result<Parsed> parse(const std::string& text) {
 }
 
 // One round: 3 workers x 2 threads on a 128-slot log; worker 2 SIGKILLs itself at its |die_at|-th
-// append after publishing |publish| entries of that batch (0: right after reserving).
-void crash_round(uint64_t seed) {
+// append after publishing |publish| entries of that batch (0: right after reserving). Coherent
+// mode: the survivors fence it (pid gone). Noncoherent mode: the test's object, the creator, runs
+// the sequencer, which fences it; the workers attach as clients 1..3.
+void crash_round(uint64_t seed, ShmMode mode) {
   constexpr uint32_t kWorkers = 3;
   constexpr uint32_t kThreads = 2;
   constexpr uint32_t kOps = 3000;
@@ -552,6 +832,10 @@ void crash_round(uint64_t seed) {
   ShmOptions shm;
   shm.cluster_id = kCluster;
   shm.payload_bytes = 4 * 4096;
+  shm.mode = mode;
+  // Noncoherent: the sequencer's lease. Survivors are never fenced on a slow machine; the dead
+  // one is found by its pid.
+  shm.lease = 60s;
   auto region = MappedRegion::create(MappedRegion::Kind::kDevShm, ShmLog::region_bytes(o, shm));
   ASSERT_TRUE(region.ok()) << region.status().to_string();
   auto control = MappedRegion::create(MappedRegion::Kind::kDevShm, 4096);
@@ -565,6 +849,7 @@ void crash_round(uint64_t seed) {
                      std::to_string(i) + ".out";
     std::vector<std::string> args = {NRX_SHM_LOG_WORKER, "--region", (*region)->path(), "--control",
                                      (*control)->path(), "--out", workers[i].out, "--cluster", std::to_string(kCluster),
+                                     "--mode", mode == ShmMode::kNoncoherent ? "noncoherent" : "coherent",
                                      "--workers", std::to_string(kWorkers), "--done-target", std::to_string(kWorkers - 1),
                                      "--index", std::to_string(i), "--threads", std::to_string(kThreads), "--ops",
                                      std::to_string(kOps), "--seed", std::to_string(seed), "--keys",
@@ -616,8 +901,19 @@ void crash_round(uint64_t seed) {
   EXPECT_LE(d.pending.size(), size_t{kThreads});
   ::testing::Test::RecordProperty("dead_acknowledged_seed_" + std::to_string(seed), std::to_string(d.done.size()));
   ::testing::Test::RecordProperty("dead_pending_seed_" + std::to_string(seed), std::to_string(d.pending.size()));
-  EXPECT_EQ((*log)->fenced_count(), 0u);
-  EXPECT_EQ(std::popcount((*log)->active_replicas()), int{kWorkers - 1}) << "the dead replica is still registered";
+  if (mode == ShmMode::kCoherent) {
+    EXPECT_EQ((*log)->fenced_count(), 0u);
+    EXPECT_EQ(std::popcount((*log)->active_replicas()), int{kWorkers - 1}) << "the dead replica is still registered";
+  } else {
+    // The sequencer fenced the dead worker (the survivors could not have finished otherwise), and
+    // fences the survivors too once their processes are gone (they exit without leaving).
+    const auto deadline = Clock::now() + 20s;
+    while (((*log)->active_replicas() != 0 || (*log)->fenced_count() < kWorkers) && Clock::now() < deadline) {
+      std::this_thread::sleep_for(2ms);
+    }
+    EXPECT_EQ((*log)->active_replicas(), 0u);
+    EXPECT_EQ((*log)->fenced_count(), kWorkers);
+  }
 
   lincheck::History<KvCrashModel> all;
   uint64_t last = 0;
@@ -635,7 +931,17 @@ void crash_round(uint64_t seed) {
 TEST(ShmFencingTest, ThreeWorkersOneKilledMidAppend) {
   for (uint64_t seed : {11u, 12u, 13u}) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed);
-    crash_round(seed);
+    crash_round(seed, ShmMode::kCoherent);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// The same in noncoherent mode: the sequencer (this process) fences the dead worker by its pid,
+// fills its unpublished indices with no-ops, and the survivors finish and agree.
+TEST(ShmFencingTest, NoncoherentThreeWorkersOneKilledMidAppend) {
+  for (uint64_t seed : {21u, 22u, 23u}) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    crash_round(seed, ShmMode::kNoncoherent);
     if (HasFatalFailure()) return;
   }
 }

@@ -4,7 +4,8 @@
 // validation (every byte flipped, forged fields with a valid checksum, truncated and misaligned
 // regions, another cluster or epoch), region_bytes() exactness, corrupt entries and payload
 // metadata answered with errors, deregistration, and the Access seam (read-modify-writes on
-// region addresses counted per operation).
+// region addresses counted per operation; none at all in noncoherent mode, crash fencing
+// included).
 #include "logs/shm/shm_log.h"
 
 #include <unistd.h>
@@ -953,6 +954,77 @@ TEST(ShmLogTest, NoncoherentOperationsMakeNoReadModifyWrite) {
   EXPECT_EQ(peer->ltail(rb).value_or(0), 9u);
   EXPECT_GT(hooks.load(), -1);  // (the hook ran on the creator's side, which has no hook)
   EXPECT_EQ(CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed), 0u);
+}
+
+// Crash fencing in noncoherent mode (shm_log.h, "Crash fencing, noncoherent mode") through the
+// counting policy: a replica that stops mid-batch is fenced by the sequencer (its heartbeat
+// stayed unchanged for the lease), its hole becomes a no-op once its grant may no longer be
+// published, its payload holds count as released (while fenced) and are released in its own
+// marks (once its id is free), the zombie is refused and acknowledges, the id comes back, and an
+// idle replica holding a full log is fenced too. Not one read-modify-write on the region.
+TEST(ShmLogTest, NoncoherentFencingMakesNoReadModifyWrite) {
+  using shm_test::CountingNoncoherentAccess;
+  LogOptions o = small(8);
+  o.full_timeout = std::chrono::seconds(20);
+  ShmOptions s = small_shm(ShmMode::kNoncoherent);
+  s.lease = std::chrono::milliseconds(100);
+  Result<std::shared_ptr<MappedRegion>> region =
+      MappedRegion::create(MappedRegion::Kind::kMemfd, NoncoherentCountingLog::region_bytes(o, s));
+  ASSERT_TRUE(region.ok());
+  std::unique_ptr<NoncoherentCountingLog> log = NoncoherentCountingLog::create((*region)->bytes(), o, s).value();
+  ShmAttachOptions a = attach_options(0, ShmMode::kNoncoherent, 3);
+  a.full_timeout = std::chrono::seconds(20);
+  a.lease = std::chrono::seconds(60);  // times the sequencer only
+  std::unique_ptr<NoncoherentCountingLog> peer = NoncoherentCountingLog::attach((*region)->bytes(), a).value();
+  const uint64_t rmws_before = CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed);
+  const uint64_t stores_before = CountingNoncoherentAccess::stores.load(std::memory_order_relaxed);
+
+  const ReplicaId ra = log->register_replica().value();
+  const ReplicaId rb = peer->register_replica().value();
+  const auto data = bytes_of(7, 500);
+  const PayloadRef early = log->payload_put(data).value();  // held by ra and rb
+  const PayloadRef late = log->payload_put(data).value();
+  ASSERT_EQ(append_one(*peer, rb, bytes_of(1, 8)).value_or(~0ull), 0u);
+  peer->crash_in_append_for_testing(1, /*publish=*/1, /*kill=*/false);
+  const auto e = bytes_of(2, 8);
+  const std::span<const std::byte> two[] = {e, e};
+  ASSERT_EQ(peer->append(rb, two, [](const Entry&) {}).status().code(), StatusCode::kAborted);  // 1 published, 2 not
+
+  std::vector<LogIndex> seen;
+  Result<LogIndex> lt = log->exec(ra, [&](const Entry& entry) { seen.push_back(entry.index); });
+  ASSERT_TRUE(lt.ok()) << lt.status().to_string();
+  EXPECT_EQ(*lt, 3u);
+  EXPECT_EQ(seen, (std::vector<LogIndex>{0, 1})) << "index 2 is a no-op";
+  EXPECT_EQ(log->fenced_count(), 1u);
+  EXPECT_EQ(log->active_replicas(), uint64_t{1} << ra);
+
+  // While rb is fenced, its holds count as released.
+  EXPECT_EQ(log->payloads_live(), 2u);
+  EXPECT_TRUE(log->payload_release(ra, early).ok());
+  EXPECT_EQ(log->payloads_live(), 1u);
+  EXPECT_EQ(peer->payload_get(early).status().code(), StatusCode::kNotFound);
+
+  // The zombie: refused; its append acknowledges, so the id comes back at the next join (the
+  // sequencer then stores rb's release mark for |late| itself).
+  EXPECT_EQ(peer->heartbeat().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(peer->payload_release(rb, late).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(append_one(*peer, rb, bytes_of(3, 8)).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(peer->exec(rb, [](const Entry&) {}).status().code(), StatusCode::kFailedPrecondition);
+  const ReplicaId again = peer->register_replica().value();
+  EXPECT_EQ(again, rb);
+  EXPECT_EQ(peer->ltail(again).value_or(0), 3u);
+  EXPECT_TRUE(log->payload_release(ra, late).ok());
+  EXPECT_EQ(log->payloads_live(), 0u) << "rb's hold on |late| was released in its own mark";
+
+  // The new rb idles without heartbeats while ra fills the log: fenced after the lease.
+  for (uint64_t k = 0; k < 12; ++k) ASSERT_TRUE(append_one(*log, ra, bytes_of(10 + k, 8)).ok()) << k;
+  EXPECT_EQ(log->fenced_count(), 2u);
+  EXPECT_EQ(log->active_replicas(), uint64_t{1} << ra);
+  EXPECT_TRUE(peer->deregister_replica(again).ok());
+
+  EXPECT_GT(CountingNoncoherentAccess::stores.load(std::memory_order_relaxed), stores_before);
+  EXPECT_EQ(CountingNoncoherentAccess::rmws.load(std::memory_order_relaxed), rmws_before)
+      << "fencing made read-modify-writes on the region";
 }
 
 }  // namespace

@@ -15,14 +15,23 @@
 // --hang: register the replica, write "registered" to --out, and sleep until killed (a worker
 // that dies holding a replica, for the test that checks nobody waits on it forever).
 //
-// --die-after-appends K [--die-publish P]: crash test (coherent fencing). The K-th append of this
-// process's log object reserves its batch, publishes its first P entries (at most all but one)
-// and raises SIGKILL on the process: a death between reserving and publishing, possibly
-// mid-batch. Such a worker streams its history to --out as it goes (each line flushed): before
-// an operation "i <thread> <op> <key> <value> <invoke_ns>", after it the operation line below
-// prefixed with "r ". An "i" without its "r" is pending: it may or may not have taken effect.
-// --done-target N: how many workers the final barrier waits for (default --workers; the
-// survivors of a crash test name the survivors). --lease-ms L: the fencing lease (default 2000).
+// --create: instead of attaching, CREATE the log in --region (the file must be at least
+// ShmLog::region_bytes of: entry_size 32, --slots S slots (default 64), payload_slots 4,
+// payload_bytes 4 x 4096, --mode, --cluster, --lease-ms), write "created <pid>" to --out and
+// sleep until killed. Noncoherent mode: this process then runs the sequencer, so killing it is
+// the death of the sequencer's process (shm_fencing_test checks the survivors fail clearly).
+//
+// --die-after-appends K [--die-publish P]: crash test (fencing, either mode). The K-th append of
+// this process's log object reserves its batch (noncoherent: is granted it), publishes its first
+// P entries (at most all but one) and raises SIGKILL on the process: a death between reserving
+// and publishing, possibly mid-batch. Such a worker streams its history to --out as it goes
+// (each line flushed): before an operation "i <thread> <op> <key> <value> <invoke_ns>", after it
+// the operation line below prefixed with "r ". An "i" without its "r" is pending: it may or may
+// not have taken effect. --done-target N: how many workers the final barrier waits for (default
+// --workers; the survivors of a crash test name the survivors). --lease-ms L: the fencing lease
+// (default 2000; coherent: this process's, as a fencer; noncoherent: how long the sequencer may
+// stay silent, the fencing lease being the creator's). Every wait of a worker heartbeats its
+// replica (the kernel's idle-loop rule), so only a dead worker is ever fenced.
 //
 // Output (text): "digest <d> size <n> tail <t> nudges <k>", then one line per operation:
 // "<thread> <op 0=put 1=get 2=remove> <key> <value> <has_result> <result> <invoke_ns> <response_ns>".
@@ -87,6 +96,8 @@ struct Args {
   uint32_t lease_ms = 2000;
   nrx::logs::ShmMode mode = nrx::logs::ShmMode::kCoherent;
   uint32_t client = 0;  // 0: --index + 1
+  bool create = false;
+  uint32_t slots = 64;  // --create only
 };
 
 uint64_t now_ns() {
@@ -100,6 +111,10 @@ bool parse(int argc, char** argv, Args* a) {
     const std::string arg = argv[i];
     if (arg == "--hang") {
       a->hang = true;
+      continue;
+    }
+    if (arg == "--create") {
+      a->create = true;
       continue;
     }
     if (i + 1 >= argc) return false;
@@ -144,6 +159,8 @@ bool parse(int argc, char** argv, Args* a) {
       a->done_target = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else if (arg == "--lease-ms") {
       a->lease_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
+    } else if (arg == "--slots") {
+      a->slots = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else if (arg == "--barrier-timeout-ms") {
       a->barrier_timeout_ms = static_cast<uint32_t>(std::strtoul(v.c_str(), nullptr, 0));
     } else {
@@ -151,7 +168,7 @@ bool parse(int argc, char** argv, Args* a) {
     }
   }
   return !a->region.empty() && !a->out.empty() && a->threads >= 1 && a->keys >= 1 &&
-         (a->hang || (!a->control.empty() && a->workers >= 1));
+         (a->hang || a->create || (!a->control.empty() && a->workers >= 1));
 }
 
 int fail(const Args& a, int code, const std::string& what) {
@@ -193,11 +210,29 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: shm_log_worker --region PATH --out PATH [--control PATH --workers N --index I] "
                  "[--cluster C] [--threads T] [--ops K] [--seed S] [--keys K] [--full-timeout-ms MS] "
-                 "[--mode coherent|noncoherent] [--client N] [--hang]\n");
+                 "[--mode coherent|noncoherent] [--client N] [--hang] [--create [--slots S]]\n");
     return kExitUsage;
   }
   nrx::Result<std::shared_ptr<MappedRegion>> region = MappedRegion::open_file(a.region);
   if (!region.ok()) return fail(a, kExitSetup, region.status().to_string());
+  if (a.create) {
+    nrx::logs::LogOptions o;
+    o.entry_size = 32;
+    o.slot_count = a.slots;
+    o.payload_slots = 4;
+    nrx::logs::ShmOptions shm;
+    shm.mode = a.mode;
+    shm.cluster_id = a.cluster;
+    shm.payload_bytes = 4 * 4096;
+    shm.lease = std::chrono::milliseconds(a.lease_ms == 0 ? 1 : a.lease_ms);
+    nrx::Result<std::unique_ptr<ShmLog>> created = ShmLog::create((*region)->bytes(), o, shm);
+    if (!created.ok()) return fail(a, kExitSetup, "create: " + created.status().to_string());
+    if (FILE* f = std::fopen(a.out.c_str(), "w")) {
+      std::fprintf(f, "created %d\n", static_cast<int>(getpid()));
+      std::fclose(f);
+    }
+    for (;;) pause();  // until SIGKILL: the sequencer's process dies with its log object
+  }
 
   std::atomic<uint64_t> nudges{0};
   nrx::logs::ShmAttachOptions opts;
@@ -247,7 +282,12 @@ int main(int argc, char** argv) {
   // Everybody registers before anybody appends, so every replica starts from the empty map.
   // release: our registration is visible before the count says so.
   std::atomic_ref<uint64_t>(control->ready).fetch_add(1, std::memory_order_release);
-  if (!wait_for_count(control->ready, a.workers, a.barrier_timeout_ms, [] { std::this_thread::yield(); })) {
+  // The barrier heartbeats our replica: with several processes starting on a loaded machine it
+  // may last longer than the fencing lease.
+  if (!wait_for_count(control->ready, a.workers, a.barrier_timeout_ms, [&log] {
+        (void)(*log)->heartbeat();
+        std::this_thread::yield();
+      })) {
     return fail(a, kExitBarrier, "the other workers never registered");
   }
 

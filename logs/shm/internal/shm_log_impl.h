@@ -113,9 +113,11 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::create(std::sp
               sizeof(header) - sizeof(uint64_t));
   const bool noncoherent = shm.mode == ShmMode::kNoncoherent;
   if (noncoherent) {
-    // relaxed: published with the header by the magic's release below.
-    Access::store(reinterpret_cast<shm::SequencerLine*>(base + g.sequencer_offset)->pid,
-                  static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
+    // relaxed (both): published with the header by the magic's release below. Sharers on this
+    // host test the pid to tell that the sequencer's process died.
+    auto* line = reinterpret_cast<shm::SequencerLine*>(base + g.sequencer_offset);
+    Access::store(line->pid, static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
+    Access::store(line->host, shm_detail::host_tag(), std::memory_order_relaxed);
     Access::flush(base, g.payload_data_offset);
   }
   // release: the header and the zeroed sections are visible to whoever acquires the magic.
@@ -192,6 +194,7 @@ BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogO
       host_tag_(shm_detail::host_tag()),
       lease_(lease),
       incarnation_(new uint64_t[geo.max_replicas]()),
+      last_beat_ns_(new std::atomic<int64_t>[geo.max_replicas]()),
       request_seq_(new uint64_t[geo.max_replicas]()),
       keep_alive_(std::move(keep_alive)) {
   {
@@ -432,7 +435,15 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
   const uint64_t capacity = geo_.slot_count;
   LogIndex first = 0;
   if (noncoherent()) {
-    NRX_ASSIGN_OR_RETURN(first, reserve_noncoherent(replica, n, apply_own));
+    Status alive = check_alive_and_beat(replica);
+    if (!alive.ok()) return alive.code() == StatusCode::kFailedPrecondition ? acknowledge_fencing(replica) : alive;
+    Result<LogIndex> granted = reserve_noncoherent(replica, n, apply_own);
+    if (!granted.ok()) {
+      // Fenced while waiting (or applying its own entries): nothing of ours gets published.
+      if (granted.status().code() == StatusCode::kFailedPrecondition) return acknowledge_fencing(replica);
+      return granted.status();
+    }
+    first = *granted;
   } else {
   NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
   shm::ReplicaLine& me = replica_line(replica);
@@ -538,6 +549,8 @@ Result<LogIndex> BasicShmLog<Access>::append(ReplicaId replica, Batch batch, Ent
     SpinWait wait(options_.full_timeout);
     while (tail() < first + n && !wait.expired()) {
       try_sequencer_pass();
+      // Every 256 pauses: a dead sequencer never publishes that tail (our entries are written).
+      if ((wait.spins() & 255) == 255 && !check_sequencer(/*silent_too=*/false).ok()) break;
       wait.pause();
     }
   }
@@ -578,18 +591,32 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
     const uint64_t want = (i >> lap_shift_) + 1;
     // acquire: pairs with the appender's release store; the entry is complete once we see it.
     // No timeout (log.h): an appender publishes right after reserving; a dead one is fenced
-    // (coherent mode: by us, from here, once its lease is out or its pid is gone).
+    // (coherent mode: by us, from here, once its lease is out or its pid is gone; noncoherent
+    // mode: by the sequencer, which we only ask whether it still lives).
     SpinWait wait;
+    std::chrono::steady_clock::time_point waiting_since{};
     uint64_t alive;
     for (;;) {
       refresh(&s->alive, sizeof(s->alive));
       alive = Access::load(s->alive, std::memory_order_acquire);
       if ((alive & shm::kAliveLapMask) >= want) break;
       wait.pause();
-      if (!noncoherent() && (wait.spins() & 255) == 0) {
-        error = check_alive_and_beat(replica);
-        if (!error.ok()) break;
+      if ((wait.spins() & 255) != 0) continue;
+      error = check_alive_and_beat(replica);
+      if (!error.ok()) break;
+      if (!noncoherent()) {
         fence_from_wait(&last_fence);
+        continue;
+      }
+      try_sequencer_pass();  // the creator's own wait helps its sequencer along
+      // A live appender publishes within microseconds; after a liveness period of waiting, a
+      // dead sequencer means nobody will ever fill this hole: say so instead of hanging.
+      const auto now = std::chrono::steady_clock::now();
+      if (waiting_since == std::chrono::steady_clock::time_point{}) waiting_since = now;
+      if (now - waiting_since >= liveness_period(lease_) && now - last_fence >= liveness_period(lease_)) {
+        last_fence = now;
+        error = check_sequencer(/*silent_too=*/true);
+        if (!error.ok()) break;
       }
     }
     if (!error.ok()) break;
@@ -640,15 +667,25 @@ Result<LogIndex> BasicShmLog<Access>::apply_until(ReplicaId replica, LogIndex to
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::exec(ReplicaId replica, EntryVisitor visitor) {
   if (!owned(replica)) return not_owned(replica);
-  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
-  return apply_until(replica, tail(), visitor);
+  Status alive = check_alive_and_beat(replica);
+  Result<LogIndex> result = alive.ok() ? apply_until(replica, tail(), visitor) : Result<LogIndex>(std::move(alive));
+  // Noncoherent: a fencing found here (at the start or while waiting) is acknowledged on the way
+  // out, after our last ltail store (kFailedPrecondition comes from nothing else here).
+  if (noncoherent() && !result.ok() && result.status().code() == StatusCode::kFailedPrecondition) {
+    return acknowledge_fencing(replica);
+  }
+  return result;
 }
 
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::exec_while(ReplicaId replica, StoppingVisitor visitor) {
   if (!owned(replica)) return not_owned(replica);
-  NRX_RETURN_IF_ERROR(check_alive_and_beat(replica));
-  return apply_until(replica, tail(), visitor);
+  Status alive = check_alive_and_beat(replica);
+  Result<LogIndex> result = alive.ok() ? apply_until(replica, tail(), visitor) : Result<LogIndex>(std::move(alive));
+  if (noncoherent() && !result.ok() && result.status().code() == StatusCode::kFailedPrecondition) {
+    return acknowledge_fencing(replica);  // as exec
+  }
+  return result;
 }
 
 template <typename Access>
@@ -703,8 +740,8 @@ Result<std::span<const std::byte>> BasicShmLog<Access>::payload_get(PayloadRef r
   if (length != ref.length || length == 0 || length > geo_.payload_slot_bytes) {
     return Status::not_found("stale payload reference");
   }
-  if (noncoherent() &&
-      released_by_all(ref.where, ref.generation, Access::load(m.pending, std::memory_order_relaxed))) {
+  if (noncoherent() && released_by_all(ref.where, ref.generation, Access::load(m.pending, std::memory_order_relaxed),
+                                       fenced_replicas())) {
     return Status::not_found("stale payload reference (released by every holder)");
   }
   refresh(payload_bytes(ref.where), length);
@@ -716,6 +753,12 @@ Status BasicShmLog<Access>::payload_release(ReplicaId replica, PayloadRef ref) {
   if (!owned(replica)) return not_owned(replica);
   if (ref.where >= geo_.payload_slots) return Status::not_found("payload reference out of range");
   if (noncoherent()) {
+    // Under ack_mu_: once our combiner acknowledged a fencing, no mark of ours may land in the id's
+    // array (the sequencer may have handed it on).
+    MutexLock lock(ack_mu_);
+    if ((acknowledged_.load(std::memory_order_relaxed) >> replica & 1) != 0 || fenced_mark_seen(replica)) {
+      return fenced_error(replica);
+    }
     const shm::PayloadMeta& m = payload_meta(ref.where);
     refresh(&m, sizeof(m));
     // acquire: pairs with payload_put's release of the live state; |pending| is this generation's.
@@ -788,7 +831,14 @@ Status BasicShmLog<Access>::fenced_error(ReplicaId replica) const {
 
 template <typename Access>
 Status BasicShmLog<Access>::check_alive_and_beat(ReplicaId replica) {
-  if (noncoherent()) return ok_status();
+  if (noncoherent()) {
+    if ((acknowledged_.load(std::memory_order_acquire) >> replica & 1) != 0) return fenced_error(replica);
+    // At most once a millisecond (one clock read otherwise): read the mark, then beat. A replica
+    // is fenced only after a lease of silence (or its death), so its owner's next operation
+    // always comes after a millisecond and sees the mark; appends also see it with their grant.
+    if (!beat_noncoherent(replica, /*force=*/false, /*check_fenced=*/true)) return fenced_error(replica);
+    return ok_status();
+  }
   shm::ReplicaLine& line = replica_line(replica);
   // relaxed: a fencing is acted on through the CASes (tail record, publish, ltail); this early
   // check only saves work, so it needs no ordering.
@@ -806,7 +856,17 @@ Status BasicShmLog<Access>::heartbeat() {
   while (mine != 0) {
     const auto r = static_cast<ReplicaId>(std::countr_zero(mine));
     mine &= mine - 1;
-    Status st = check_alive_and_beat(r);
+    Status st;
+    if (noncoherent()) {
+      // Under ack_mu_: never beat on an id our combiner has handed back (see payload_release).
+      MutexLock lock(ack_mu_);
+      if ((acknowledged_.load(std::memory_order_relaxed) >> r & 1) != 0 ||
+          !beat_noncoherent(r, /*force=*/true, /*check_fenced=*/true)) {
+        st = fenced_error(r);
+      }
+    } else {
+      st = check_alive_and_beat(r);
+    }
     if (!st.ok() && first_error.ok()) first_error = std::move(st);
   }
   return first_error;
@@ -824,8 +884,16 @@ void BasicShmLog<Access>::fence_from_wait(std::chrono::steady_clock::time_point*
 
 template <typename Access>
 Status BasicShmLog<Access>::fence_dead(std::chrono::nanoseconds lease) {
-  if (noncoherent()) return Status(StatusCode::kUnimplemented, "fencing is implemented in coherent mode only");
   if (lease.count() <= 0) return Status::invalid_argument("the fencing lease must be positive");
+  if (noncoherent()) {
+    // Only the sequencer fences (it alone writes the membership and knows every grant); any
+    // other object leaves it to the sequencer's own periodic check.
+    Sequencer* s = sequencer_.get();
+    if (s == nullptr) return ok_status();
+    MutexLock lock(s->mu);
+    sequencer_liveness_locked(*s, lease, std::chrono::steady_clock::now());
+    return ok_status();
+  }
   MutexLock lock(fence_mu_);
   const auto now = std::chrono::steady_clock::now();
   const uint64_t active_mask = active_replicas();
@@ -997,13 +1065,15 @@ template <typename Access>
 uint64_t BasicShmLog<Access>::payloads_live() const {
   if (!noncoherent()) return Access::load(control().payloads.live, std::memory_order_relaxed);
   uint64_t live = 0;
+  const uint64_t fenced = fenced_replicas();
   for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
     const shm::PayloadMeta& m = payload_meta(where);
     refresh(&m, sizeof(m));
     // acquire: |pending| below belongs to the generation in |state|.
     const uint64_t state = Access::load(m.state, std::memory_order_acquire);
     if ((state & shm::kPayloadPhaseMask) != shm::kPayloadLive) continue;
-    if (!released_by_all(where, shm::payload_generation(state), Access::load(m.pending, std::memory_order_relaxed))) {
+    if (!released_by_all(where, shm::payload_generation(state), Access::load(m.pending, std::memory_order_relaxed),
+                         fenced)) {
       ++live;
     }
   }
@@ -1025,11 +1095,20 @@ Result<typename BasicShmLog<Access>::ClientAnswer> BasicShmLog<Access>::client_c
   publish(&q, sizeof(q));
   const shm::ClientResponseLine& a = client_response_line(client_);
   SpinWait wait(options_.full_timeout);
+  std::chrono::steady_clock::time_point last_check{};
   for (;;) {
     try_sequencer_pass();
     refresh(&a, sizeof(a));
     // acquire: the answer's status and values were stored before its number.
     if (Access::load(a.seq, std::memory_order_acquire) == seq) break;
+    if ((wait.spins() & 255) == 255) {
+      // The sequencer's process gone from this host: it will never answer.
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_check >= liveness_period(lease_)) {
+        last_check = now;
+        NRX_RETURN_IF_ERROR(check_sequencer(/*silent_too=*/false));
+      }
+    }
     if (wait.expired()) {
       refresh(&sequencer_line(), sizeof(shm::SequencerLine));
       return Status::deadline_exceeded(
@@ -1049,7 +1128,10 @@ Result<typename BasicShmLog<Access>::ClientAnswer> BasicShmLog<Access>::client_c
 
 template <typename Access>
 Result<ReplicaId> BasicShmLog<Access>::register_noncoherent() {
-  NRX_ASSIGN_OR_RETURN(const ClientAnswer answer, client_call(shm::kClientJoin, 0));
+  // Our pid and host tag: the sequencer fences the replica at once when this process is gone
+  // from its host.
+  NRX_ASSIGN_OR_RETURN(const ClientAnswer answer,
+                       client_call(shm::kClientJoin, shm::gc_lock_word(host_tag_, static_cast<uint32_t>(pid_))));
   if (answer.status == shm::kClientExhausted) {
     return Status::resource_exhausted("log " + std::to_string(options_.log_id) + " already has its " +
                                       std::to_string(geo_.max_replicas) + " replicas");
@@ -1073,11 +1155,18 @@ Result<ReplicaId> BasicShmLog<Access>::register_noncoherent() {
   Access::store(line.incarnation, answer.value[2], std::memory_order_release);
   publish(&line, sizeof(line));
   shm::ReplicaLine& info = replica_line(id);
-  // relaxed: informational (fencing); published with the flush.
+  refresh(&info, sizeof(info));
+  // relaxed: informational, except |heartbeat| (the sequencer times it; any change will do);
+  // published with the flush.
   Access::store(info.owner_pid, pid_, std::memory_order_relaxed);
+  Access::store(info.host, host_tag_, std::memory_order_relaxed);
   Access::store(info.incarnation, answer.value[2], std::memory_order_relaxed);
   Access::store(info.state, static_cast<uint64_t>(shm::ReplicaState::kActive), std::memory_order_relaxed);
+  Access::store(info.heartbeat, Access::load(info.heartbeat, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   publish(&info, sizeof(info));
+  incarnation_[id] = answer.value[2];
+  last_beat_ns_[id].store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  acknowledged_.fetch_and(~(uint64_t{1} << id), std::memory_order_relaxed);
   // Continue the request numbering of the id's previous owner (the sequencer remembers the last
   // number it answered per id).
   shm::RequestLine& q = request_line(id);
@@ -1094,6 +1183,14 @@ Result<ReplicaId> BasicShmLog<Access>::register_noncoherent() {
 template <typename Access>
 Status BasicShmLog<Access>::deregister_noncoherent(ReplicaId replica) {
   const uint64_t bit = uint64_t{1} << replica;
+  // Fenced: the sequencer took the id (and released our payload holds); we only acknowledge (so
+  // it can hand the id on) and forget it.
+  auto forget_fenced = [&] {
+    acknowledge_fencing(replica).ignore_error();
+    owned_.fetch_and(~bit, std::memory_order_release);
+    return ok_status();
+  };
+  if ((acknowledged_.load(std::memory_order_acquire) & bit) != 0 || fenced_mark_seen(replica)) return forget_fenced();
   // Drop what we hold first: our release marks are ours only while we own the id.
   for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
     const shm::PayloadMeta& m = payload_meta(where);
@@ -1111,6 +1208,7 @@ Status BasicShmLog<Access>::deregister_noncoherent(ReplicaId replica) {
     publish(&mark, sizeof(mark));
   }
   NRX_ASSIGN_OR_RETURN(const ClientAnswer answer, client_call(shm::kClientLeave, replica));
+  if (answer.status != shm::kClientOk && fenced_mark_seen(replica)) return forget_fenced();  // fenced meanwhile
   if (answer.status != shm::kClientOk) {
     return Status::data_loss("the sequencer refused replica " + std::to_string(replica) + "'s leave (status " +
                              std::to_string(answer.status) + ")");
@@ -1154,7 +1252,18 @@ Result<PayloadRef> BasicShmLog<Access>::payload_put_noncoherent(std::span<const 
 }
 
 template <typename Access>
-bool BasicShmLog<Access>::released_by_all(uint64_t where, uint32_t generation, uint64_t holders) const {
+uint64_t BasicShmLog<Access>::fenced_replicas() const {
+  const uint64_t& word = sequencer_line().fenced;
+  refresh(&word, sizeof(word));
+  // acquire: pairs with the sequencer's release when it clears an id (after storing the id's
+  // release marks): a holder no longer listed here has its marks visible.
+  return Access::load(word, std::memory_order_acquire);
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::released_by_all(uint64_t where, uint32_t generation, uint64_t holders,
+                                          uint64_t fenced) const {
+  holders &= ~fenced;  // their holds were released for them when they were fenced
   while (holders != 0) {
     const auto r = static_cast<ReplicaId>(std::countr_zero(holders));
     holders &= holders - 1;
@@ -1171,73 +1280,128 @@ bool BasicShmLog<Access>::released_by_all(uint64_t where, uint32_t generation, u
 
 template <typename Access>
 Result<LogIndex> BasicShmLog<Access>::reserve_noncoherent(ReplicaId replica, uint64_t n, EntryVisitor apply_own) {
-  const uint64_t seq = ++request_seq_[replica];
   shm::RequestLine& q = request_line(replica);
-  // relaxed: published by the release store of |seq|.
-  Access::store(q.count, n, std::memory_order_relaxed);
-  // release: |count| is visible to whoever acquires this request number.
-  Access::store(q.seq, seq, std::memory_order_release);
-  publish(&q, sizeof(q));
   const shm::ResponseLine& a = response_line(replica);
+  uint64_t seq = 0;
+  auto request = [&] {
+    seq = ++request_seq_[replica];
+    // relaxed: published by the release store of |seq|.
+    Access::store(q.count, n, std::memory_order_relaxed);
+    // release: |count| is visible to whoever acquires this request number.
+    Access::store(q.seq, seq, std::memory_order_release);
+    publish(&q, sizeof(q));
+  };
+  // The publish handshake (shm_log.h): |seq| stays in our request line until we ask again, which
+  // we do only after publishing its grant or after the sequencer confirmed its withdrawal, so the
+  // sequencer fills nothing of a grant while we may publish it; we publish only if the read that
+  // delivers the grant shows no fenced mark (the mark shares the answer's line).
+  bool fenced = false;
   auto answered = [&] {
     refresh(&a, sizeof(a));
-    // acquire: the answer's status and first index were stored before its number, and the
-    // sequencer published the tail covering a grant before the grant.
-    return Access::load(a.seq, std::memory_order_acquire) == seq;
+    // acquire: the answer's status and first index were stored before its number.
+    const bool done = Access::load(a.seq, std::memory_order_acquire) == seq;
+    // acquire: a mark, once seen, is final for this incarnation.
+    fenced = Access::load(a.fenced, std::memory_order_acquire) == incarnation_[replica];
+    return done || fenced;
   };
+  // A request is withdrawn for good (full past full_timeout, or an error), or only while we call
+  // the lagging hook: the hook may exec another replica up to the CURRENT tail, which must not
+  // cover a grant of ours that we would publish only after the hook returns (we would wait on
+  // ourselves). So the hook runs with no request outstanding, and we ask again after it.
+  enum class Withdrawal { kNone, kForHook, kFinal };
+  Withdrawal withdrawal = Withdrawal::kNone;
+  ReplicaId hook_for = 0;
   Status error;
-  bool withdrawn = false;
-  SpinWait wait(options_.full_timeout);
-  while (!answered()) {
+  std::chrono::steady_clock::time_point last_check{};
+  SpinWait wait(options_.full_timeout);     // the log-full deadline, across re-requests
+  SpinWait confirm(options_.full_timeout);  // a withdrawal's answer
+  bool confirm_extended = false;
+  auto withdraw = [&](Withdrawal why) {
+    // release: ordered after the request it withdraws.
+    Access::store(q.cancel_seq, seq, std::memory_order_release);
+    publish(&q, sizeof(q));
+    withdrawal = why;
+    confirm = SpinWait(options_.full_timeout);
+    confirm_extended = false;
+  };
+  request();
+  for (;;) {
+    if (answered()) {
+      // Fenced: never publish (even a grant the same read delivered); the sequencer fills it once
+      // append acknowledges, and forgets our request when it frees the id.
+      if (fenced) return fenced_error(replica);
+      // relaxed: ordered by the acquire in answered().
+      const uint64_t status = Access::load(a.status, std::memory_order_relaxed);
+      const LogIndex first = Access::load(a.first, std::memory_order_relaxed);
+      if (status == shm::kResponseGranted) return first;  // even if withdrawn: the grant came first
+      if (status == shm::kResponseCancelled && withdrawal == Withdrawal::kForHook) {
+        options_.on_lagging(options_.log_id, hook_for);  // nothing of ours is pending now
+        withdrawal = Withdrawal::kNone;
+        request();
+        wait.pause();  // moves the full-log schedule (and its deadline check) on
+        continue;
+      }
+      if (!error.ok()) return error;
+      if (status == shm::kResponseCancelled) {
+        ReplicaId laggard;
+        (void)min_ltail(&laggard);
+        return Status::deadline_exceeded("shm log " + std::to_string(options_.log_id) + " stayed full for " +
+                                         std::to_string(options_.full_timeout.count() / 1000000) + " ms; replica " +
+                                         std::to_string(laggard) + " is not advancing");
+      }
+      return Status::data_loss("the sequencer answered replica " + std::to_string(replica) +
+                               "'s request with status " + std::to_string(status));
+    }
     try_sequencer_pass();
-    if (!withdrawn && (wait.spins() & 15) == 15) {
+    SpinWait& active_wait = withdrawal == Withdrawal::kNone ? wait : confirm;
+    if ((active_wait.spins() & 255) == 255) {
+      // A long wait (the log is full, or the sequencer is slow): show we live, and give up at once
+      // if the sequencer's process is gone (it would never answer; nothing to withdraw from).
+      (void)beat_noncoherent(replica, /*force=*/false, /*check_fenced=*/false);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_check >= liveness_period(lease_)) {
+        last_check = now;
+        if (Status gone = check_sequencer(/*silent_too=*/false); !gone.ok()) return gone;
+      }
+    }
+    if (withdrawal == Withdrawal::kNone && (wait.spins() & 15) == 15) {
       // Full? Our own replica may be behind: apply it (as the coherent path does), then nudge
       // whoever holds the head back. The sequencer grants once the head moves. The tail is read
       // BEFORE checking for our answer: the sequencer writes a grant before the tail covering
       // it, so a tail read before an unanswered check never covers our own (unwritten) entries.
       ReplicaId laggard;
       const LogIndex t = tail();
-      if (answered()) break;
+      if (answered()) continue;  // handled above
       const LogIndex head = min_ltail(&laggard);
       if (t + n > head + geo_.slot_count) {
         if (Result<LogIndex> applied = apply_until(replica, t, apply_own); !applied.ok()) {
           error = applied.status();
         } else if (laggard != replica && options_.on_lagging) {
-          options_.on_lagging(options_.log_id, laggard);
+          hook_for = laggard;
+          withdraw(Withdrawal::kForHook);
+          continue;
         }
       }
     }
-    if (!withdrawn && (wait.expired() || !error.ok())) {
-      // Withdraw the request; the sequencer confirms (or had granted it already), bounded again.
-      // release: ordered after the request it withdraws.
-      Access::store(q.cancel_seq, seq, std::memory_order_release);
-      publish(&q, sizeof(q));
-      withdrawn = true;
-      wait = SpinWait(options_.full_timeout);
+    if (withdrawal == Withdrawal::kNone && (wait.expired() || !error.ok())) {
+      withdraw(Withdrawal::kFinal);  // the sequencer confirms (or had granted it already)
       continue;
     }
-    if (withdrawn && wait.expired()) {
+    if (withdrawal != Withdrawal::kNone && confirm.expired()) {
+      if (withdrawal == Withdrawal::kForHook && !confirm_extended) {
+        // Slow to confirm a withdrawal made only for the hook: one more full_timeout rather than
+        // give up on a request a stalled sequencer might still grant (see "Residual risks").
+        confirm_extended = true;
+        confirm = SpinWait(options_.full_timeout);
+        continue;
+      }
       return Status::deadline_exceeded(
-          "noncoherent shm log " + std::to_string(options_.log_id) + ": no grant for replica " +
-          std::to_string(replica) + " within full_timeout (" + std::to_string(options_.full_timeout.count() / 1000000) +
-          " ms), and the sequencer did not confirm the withdrawal either (is it dead?)");
+          "noncoherent shm log " + std::to_string(options_.log_id) + ": no answer for replica " +
+          std::to_string(replica) + "'s withdrawn request within full_timeout (" +
+          std::to_string(options_.full_timeout.count() / 1000000) + " ms): is the sequencer dead?");
     }
-    wait.pause();
+    active_wait.pause();
   }
-  // relaxed: ordered by the acquire in answered().
-  const uint64_t status = Access::load(a.status, std::memory_order_relaxed);
-  const LogIndex first = Access::load(a.first, std::memory_order_relaxed);
-  if (status == shm::kResponseGranted) return first;  // even if withdrawn: the grant came first
-  if (!error.ok()) return error;
-  if (status == shm::kResponseCancelled) {
-    ReplicaId laggard;
-    (void)min_ltail(&laggard);
-    return Status::deadline_exceeded("shm log " + std::to_string(options_.log_id) + " stayed full for " +
-                                     std::to_string(options_.full_timeout.count() / 1000000) + " ms; replica " +
-                                     std::to_string(laggard) + " is not advancing");
-  }
-  return Status::data_loss("the sequencer answered replica " + std::to_string(replica) + "'s request with status " +
-                           std::to_string(status));
 }
 
 // ---- Noncoherent mode: the sequencer ------------------------------------------------------------
@@ -1282,6 +1446,23 @@ void BasicShmLog<Access>::sequencer_main() {
 }
 
 template <typename Access>
+void BasicShmLog<Access>::publish_membership_locked(Sequencer& s) {
+  shm::SequencerLine& line = sequencer_line();
+  // relaxed: our own line (nobody else writes it).
+  if (Access::load(line.active, std::memory_order_relaxed) == s.active &&
+      Access::load(line.ever, std::memory_order_relaxed) == s.ever &&
+      Access::load(line.fenced, std::memory_order_relaxed) == s.fenced) {
+    return;
+  }
+  // release (each): what the sequencer read or wrote to decide (ltails, release marks) happens
+  // before anyone acting on the new values.
+  Access::store(line.ever, s.ever, std::memory_order_release);
+  Access::store(line.fenced, s.fenced, std::memory_order_release);
+  Access::store(line.active, s.active, std::memory_order_release);
+  publish(&line, sizeof(line));
+}
+
+template <typename Access>
 LogIndex BasicShmLog<Access>::sequencer_head_locked(Sequencer& s) {
   LogIndex head = s.tail;
   uint64_t active_mask = s.active;
@@ -1304,6 +1485,13 @@ template <typename Access>
 bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
   s.answers.clear();
   bool changed = false;  // tail or membership: the SequencerLine must be published
+  const auto now = std::chrono::steady_clock::now();
+  // 0. Liveness (rate-limited): fence dead replicas before computing any head below, and move
+  // pending fencings on.
+  if (now - s.last_liveness >= liveness_period(lease_)) {
+    s.last_liveness = now;
+    sequencer_liveness_locked(s, lease_, now);
+  }
   // 1. Client requests (joins, leaves, payload slots): every 4th pass; reservations are hotter.
   if (s.passes++ % 8 == 0) {
     // One invalidation (one fence) for the whole contiguous array of client request lines.
@@ -1319,7 +1507,14 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
       const uint64_t arg = Access::load(q.arg, std::memory_order_relaxed);
       typename Sequencer::Answer answer{true, c, seq, shm::kClientRejected, {0, 0, 0}};
       if (kind == shm::kClientJoin) {
-        const auto id = static_cast<ReplicaId>(std::countr_one(s.active));
+        // A fenced id comes back only once free (its zombie can write no more): free what can be.
+        uint64_t victims = s.fenced;
+        while (victims != 0) {
+          const auto v = static_cast<ReplicaId>(std::countr_zero(victims));
+          victims &= victims - 1;
+          resolve_victim_locked(s, v, now);
+        }
+        const auto id = static_cast<ReplicaId>(std::countr_one(s.active | s.fenced));
         if (id >= geo_.max_replicas) {
           answer.status = shm::kClientExhausted;
         } else {
@@ -1329,6 +1524,10 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
           s.incarnation[id] += 1;
           s.join_start[id] = start;
           s.owner[id] = c;
+          s.owner_pid[id] = arg & UINT32_MAX;  // gc_lock_word(host tag, pid)
+          s.owner_host[id] = arg >> shm::kGcLockHostShift;
+          s.grant_seq[id] = 0;  // no grant of this incarnation yet
+          s.grant_count[id] = 0;
           s.active |= uint64_t{1} << id;
           s.ever |= uint64_t{1} << id;
           changed = true;
@@ -1356,7 +1555,7 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
             if (Access::load(m.state, std::memory_order_acquire) !=
                     shm::payload_state(static_cast<uint32_t>(generation), shm::kPayloadLive) ||
                 !released_by_all(where, static_cast<uint32_t>(generation),
-                                 Access::load(m.pending, std::memory_order_relaxed))) {
+                                 Access::load(m.pending, std::memory_order_relaxed), s.fenced)) {
               continue;
             }
           }
@@ -1407,6 +1606,10 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
       }
       answer.status = shm::kResponseGranted;
       answer.value[0] = s.tail;
+      // Remembered for fencing: the only range of r that may still be unpublished.
+      s.grant_seq[r] = seq;
+      s.grant_first[r] = s.tail;
+      s.grant_count[r] = count;
       s.tail += count;
       if (!blocked) s.next_replica = (r + 1) % geo_.max_replicas;
       changed = true;
@@ -1420,15 +1623,7 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
   // only when unanswered (it must never wait for its own unwritten entries); an appender that got
   // its grant waits for the tail to cover it before returning (so a later exec sees it).
   shm::SequencerLine& line = sequencer_line();
-  // relaxed: our own line (nobody else writes it).
-  if (Access::load(line.active, std::memory_order_relaxed) != s.active ||
-      Access::load(line.ever, std::memory_order_relaxed) != s.ever) {
-    // release (each): what the sequencer read to decide (ltails, marks) happens before anyone
-    // acting on the new values.
-    Access::store(line.ever, s.ever, std::memory_order_release);
-    Access::store(line.active, s.active, std::memory_order_release);
-    publish(&line, sizeof(line));
-  }
+  publish_membership_locked(s);
   for (const typename Sequencer::Answer& answer : s.answers) {
     if (answer.client) {
       shm::ClientResponseLine& a = client_response_line(answer.who);
@@ -1448,14 +1643,239 @@ bool BasicShmLog<Access>::sequencer_pass_locked(Sequencer& s) {
       publish(&a, sizeof(a));
     }
   }
-  if (changed || (s.passes & 1023) == 0) {
+  // The heartbeat changes at least every millisecond (sharers time it with their own lease).
+  if (changed || now - s.last_beat >= std::chrono::milliseconds(1)) {
+    s.last_beat = now;
     // relaxed: a liveness hint only.
-    Access::store(line.heartbeat, s.passes, std::memory_order_relaxed);
+    Access::store(line.heartbeat, ++s.beats, std::memory_order_relaxed);
     // release: the grants above (and the ltails read to make them) before the tail covering them.
     Access::store(line.tail, s.tail, std::memory_order_release);
     publish(&line, sizeof(line));
   }
   return !s.answers.empty();
+}
+
+// ---- Noncoherent mode: crash fencing ------------------------------------------------------------
+// The protocol and its argument are in shm_log.h ("Crash fencing, noncoherent mode"). Every store
+// below is a plain single-writer store on a line its writer owns at that moment, flushed.
+
+template <typename Access>
+std::chrono::nanoseconds BasicShmLog<Access>::liveness_period(std::chrono::nanoseconds lease) {
+  // lease / 8 (a death is seen within ~1/8 lease of the lease running out), but at least 1 ms
+  // (pid tests read /proc) and at most 50 ms (a gone pid is found quickly even under a long lease).
+  return std::clamp<std::chrono::nanoseconds>(lease / 8, std::chrono::milliseconds(1), std::chrono::milliseconds(50));
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::fenced_mark_seen(ReplicaId replica) const {
+  const uint64_t& mark = response_line(replica).fenced;
+  refresh(&mark, sizeof(mark));
+  // acquire: the sequencer's decisions about this incarnation (membership, no-ops) come first.
+  return Access::load(mark, std::memory_order_acquire) == incarnation_[replica];
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::acknowledge_fencing(ReplicaId replica) {
+  const uint64_t bit = uint64_t{1} << replica;
+  MutexLock lock(ack_mu_);  // no heartbeat() or payload_release of ours is mid-write on the id now
+  if ((acknowledged_.load(std::memory_order_relaxed) & bit) == 0) {
+    shm::RequestLine& q = request_line(replica);
+    // release: every store of ours to the id's lines and slots happens before the sequencer,
+    // seeing the ack, fills our unpublished indices and hands the id on.
+    Access::store(q.fence_ack, incarnation_[replica], std::memory_order_release);
+    publish(&q, sizeof(q));
+    acknowledged_.fetch_or(bit, std::memory_order_release);
+  }
+  return fenced_error(replica);
+}
+
+template <typename Access>
+bool BasicShmLog<Access>::beat_noncoherent(ReplicaId replica, bool force, bool check_fenced) {
+  // Rate-limited by our own clock: an invalidation and a flush per operation would cost more than
+  // the sequencer needs (it times a lease of at least milliseconds).
+  const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+  std::atomic<int64_t>& last = last_beat_ns_[replica];
+  // relaxed: a rate limit only; two threads beating at once just both beat.
+  if (!force && now - last.load(std::memory_order_relaxed) < std::chrono::nanoseconds(std::chrono::milliseconds(1)).count()) {
+    return true;
+  }
+  if (check_fenced && fenced_mark_seen(replica)) return false;  // never beat for a zombie
+  last.store(now, std::memory_order_relaxed);
+  uint64_t& word = replica_line(replica).heartbeat;
+  // relaxed: any change shows we live; our own line (threads of this process may race: one
+  // increment may be lost, the word still changes).
+  Access::store(word, Access::load(word, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  publish(&word, sizeof(word));
+  return true;
+}
+
+template <typename Access>
+Status BasicShmLog<Access>::check_sequencer(bool silent_too) {
+  if (sequencer_ != nullptr) {
+    if (!sequencer_stop_.load(std::memory_order_acquire)) return ok_status();
+    return Status::unavailable("the sequencer of noncoherent shm log " + std::to_string(options_.log_id) +
+                               " was stopped (stop_sequencer): the log cannot go on without it");
+  }
+  const shm::SequencerLine& line = sequencer_line();
+  refresh(&line, sizeof(line));
+  // relaxed (all): the creator wrote pid and host before the header's magic; the heartbeat is
+  // only compared with the previous look.
+  const uint64_t pid = Access::load(line.pid, std::memory_order_relaxed);
+  const uint64_t host = Access::load(line.host, std::memory_order_relaxed);
+  const uint64_t beat = Access::load(line.heartbeat, std::memory_order_relaxed);
+  if (host == host_tag_ && pid_gone(pid)) {
+    return Status::unavailable("the sequencer's process (pid " + std::to_string(pid) + ") of noncoherent shm log " +
+                               std::to_string(options_.log_id) +
+                               " died: a noncoherent log cannot survive its creator; re-create it");
+  }
+  if (!silent_too) return ok_status();
+  const auto now = std::chrono::steady_clock::now();
+  MutexLock lock(fence_mu_);
+  Observation& o = sequencer_observed_;
+  if (!o.valid || o.heartbeat != beat) {
+    o = Observation{0, beat, now, true};
+    return ok_status();
+  }
+  if (now - o.since < lease_) return ok_status();
+  return Status::unavailable("the sequencer (pid " + std::to_string(pid) + (host == host_tag_ ? "" : ", another host") +
+                             ") of noncoherent shm log " + std::to_string(options_.log_id) +
+                             " has shown no heartbeat for the lease (" +
+                             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(lease_).count()) +
+                             " ms): it is dead or stopped, and a noncoherent log cannot survive it");
+}
+
+template <typename Access>
+void BasicShmLog<Access>::sequencer_liveness_locked(Sequencer& s, std::chrono::nanoseconds lease,
+                                                    std::chrono::steady_clock::time_point now) {
+  uint64_t live = s.active;
+  while (live != 0) {
+    const auto r = static_cast<ReplicaId>(std::countr_zero(live));
+    live &= live - 1;
+    if (s.owner[r] == client_) continue;  // ours: alive while we run
+    bool dead = s.owner_host[r] == host_tag_ && pid_gone(s.owner_pid[r]);
+    const uint64_t& word = replica_line(r).heartbeat;
+    refresh(&word, sizeof(word));
+    // relaxed: only compared with the previous look.
+    const uint64_t beat = Access::load(word, std::memory_order_relaxed);
+    Observation& o = s.observed[r];
+    if (!o.valid || o.incarnation != s.incarnation[r] || o.heartbeat != beat) {
+      o = Observation{s.incarnation[r], beat, now, true};  // the first look only starts the timer
+    } else if (now - o.since >= lease) {
+      dead = true;
+    }
+    if (!dead) continue;
+    o.valid = false;
+    fence_noncoherent_locked(s, r, lease, now);
+  }
+  uint64_t victims = s.fenced;
+  while (victims != 0) {
+    const auto v = static_cast<ReplicaId>(std::countr_zero(victims));
+    victims &= victims - 1;
+    resolve_victim_locked(s, v, now);
+  }
+}
+
+template <typename Access>
+void BasicShmLog<Access>::fence_noncoherent_locked(Sequencer& s, ReplicaId victim, std::chrono::nanoseconds lease,
+                                                   std::chrono::steady_clock::time_point now) {
+  const uint64_t bit = uint64_t{1} << victim;
+  typename Sequencer::Victim& v = s.victims[victim];
+  v = typename Sequencer::Victim{};
+  v.pending = true;
+  v.incarnation = s.incarnation[victim];
+  v.grant_seq = s.grant_seq[victim];
+  v.grant_first = s.grant_first[victim];
+  v.grant_count = s.grant_count[victim];
+  v.fenced_at = now;
+  v.lease = lease;
+  // Out of the GC minimum and of every holder set; its requests are no longer served. The bump
+  // keeps the zombie's LtailLine (still at the old incarnation) from ever being trusted again.
+  s.active &= ~bit;
+  s.fenced |= bit;
+  s.incarnation[victim] += 1;
+  fenced_count_.fetch_add(1, std::memory_order_relaxed);
+  publish_membership_locked(s);
+  shm::ResponseLine& a = response_line(victim);
+  // release: the new membership (just published) comes before anyone acting on the mark.
+  Access::store(a.fenced, v.incarnation, std::memory_order_release);
+  publish(&a, sizeof(a));
+  resolve_victim_locked(s, victim, now);
+}
+
+template <typename Access>
+void BasicShmLog<Access>::resolve_victim_locked(Sequencer& s, ReplicaId victim,
+                                                std::chrono::steady_clock::time_point now) {
+  typename Sequencer::Victim& v = s.victims[victim];
+  if (!v.pending) return;
+  const shm::RequestLine& q = request_line(victim);
+  refresh(&q, sizeof(q));
+  // acquire (both): the owner's alive stores precede its next request and its ack (release).
+  const uint64_t seq = Access::load(q.seq, std::memory_order_acquire);
+  const bool acked = Access::load(q.fence_ack, std::memory_order_acquire) == v.incarnation;
+  const bool gone = acked || (s.owner_host[victim] == host_tag_ && pid_gone(s.owner_pid[victim]));
+  if (!v.slots_done) {
+    bool unpublished = false;
+    for (uint64_t k = 0; k < v.grant_count && !unpublished; ++k) {
+      const shm::SlotHeader* slot_header = slot(v.grant_first + k);
+      refresh(&slot_header->alive, sizeof(slot_header->alive));
+      // acquire: as a reader's.
+      unpublished = (Access::load(slot_header->alive, std::memory_order_acquire) & shm::kAliveLapMask) <
+                    ((v.grant_first + k) >> lap_shift_) + 1;
+    }
+    // The handshake: while its request number is still the grant's, the owner may be publishing
+    // it; fill only once it moved on (i), acknowledged (ii), died (iii), or one more lease has
+    // passed (iv, the residual risk).
+    const bool may_publish = v.grant_count != 0 && seq == v.grant_seq;
+    if (!unpublished) {
+      v.slots_done = true;
+    } else if (!may_publish || gone || now - v.fenced_at >= v.lease) {
+      for (uint64_t k = 0; k < v.grant_count; ++k) {
+        const LogIndex index = v.grant_first + k;
+        shm::SlotHeader* slot_header = slot(index);
+        const uint64_t want = (index >> lap_shift_) + 1;
+        refresh(&slot_header->alive, sizeof(slot_header->alive));
+        // acquire: a published entry stays; only a hole of this lap becomes a no-op.
+        if ((Access::load(slot_header->alive, std::memory_order_acquire) & shm::kAliveLapMask) >= want) continue;
+        // release: the fencing (membership, published above) before a reader skipping the no-op
+        // acts on a head that no longer counts the victim.
+        Access::store(slot_header->alive, want | shm::kAliveNoop, std::memory_order_release);
+        publish(&slot_header->alive, sizeof(slot_header->alive));
+      }
+      v.slots_done = true;
+    }
+  }
+  if (v.slots_done && gone) free_victim_locked(s, victim);
+}
+
+template <typename Access>
+void BasicShmLog<Access>::free_victim_locked(Sequencer& s, ReplicaId victim) {
+  const uint64_t bit = uint64_t{1} << victim;
+  // The id's lines have no other writer now (its owner acknowledged or died): we release, in its
+  // own marks, every live payload it still holds, so readers no longer need the |fenced| bit.
+  for (uint64_t where = 0; where < geo_.payload_slots; ++where) {
+    const shm::PayloadMeta& m = payload_meta(where);
+    refresh(&m, sizeof(m));
+    // acquire: |pending| belongs to the generation in |state|.
+    const uint64_t state = Access::load(m.state, std::memory_order_acquire);
+    if ((state & shm::kPayloadPhaseMask) != shm::kPayloadLive) continue;
+    if ((Access::load(m.pending, std::memory_order_relaxed) & bit) == 0) continue;
+    uint64_t& mark = release_mark(victim, where);
+    const uint64_t generation = shm::payload_generation(state);
+    refresh(&mark, sizeof(mark));
+    // relaxed: only compared; the zombie's last store is ordered by the ack we acquired.
+    if (Access::load(mark, std::memory_order_relaxed) == generation) continue;
+    // release: published before the |fenced| bit clears (publish_membership_locked, release).
+    Access::store(mark, generation, std::memory_order_release);
+    publish(&mark, sizeof(mark));
+  }
+  // Its last request (unanswered: it was fenced meanwhile) must not be granted to the next owner.
+  const shm::RequestLine& q = request_line(victim);
+  refresh(&q, sizeof(q));
+  // relaxed: the number is only compared; nobody writes the line any more.
+  s.answered[victim] = Access::load(q.seq, std::memory_order_relaxed);
+  s.fenced &= ~bit;
+  s.victims[victim].pending = false;
+  publish_membership_locked(s);
 }
 
 }  // namespace nrx::logs
