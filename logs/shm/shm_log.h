@@ -502,8 +502,6 @@ class BasicShmLog final : public Log {
   bool try_break_gc_lock();
 
   // ---- Coherent-mode fencing (shm_log_impl.h) ----
-  // A pid on this host that no longer runs (gone, or a zombie nobody reaped).
-  static bool pid_gone(uint64_t pid);
   // kFailedPrecondition when |replica| (owned) was fenced; changes its heartbeat otherwise.
   Status check_alive_and_beat(ReplicaId replica);
   // Rate-limited fence_dead(lease_) for the wait loops; |last| is the caller's timer.

@@ -5,23 +5,19 @@
 #pragma once
 
 #include <signal.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <climits>
-#include <fstream>
-#include <iterator>
-
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 #include <new>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "base/host.h"
 #include "base/spin.h"
 #include "logs/shm/shm_log.h"
 
@@ -64,25 +60,6 @@ inline uint64_t realtime_epoch() {
   return ns == 0 ? 1 : ns;  // 0 means "any" to attach()
 }
 
-// This host's tag for ReplicaLine::host and the GC lock word: pids are comparable only between
-// processes with the same boot id and pid namespace. FNV-1a of both, never 0.
-inline uint32_t host_tag() {
-  std::string id;
-  {
-    std::ifstream boot("/proc/sys/kernel/random/boot_id");
-    id.assign(std::istreambuf_iterator<char>(boot), std::istreambuf_iterator<char>());
-  }
-  struct stat st {};
-  if (stat("/proc/self/ns/pid", &st) == 0) id += ":" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (const char c : id) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ULL;
-  }
-  const auto tag = static_cast<uint32_t>(h ^ (h >> 32));
-  return tag == 0 ? 1 : tag;
-}
-
 }  // namespace shm_detail
 
 template <typename Access>
@@ -117,7 +94,7 @@ Result<std::unique_ptr<BasicShmLog<Access>>> BasicShmLog<Access>::create(std::sp
     // host test the pid to tell that the sequencer's process died.
     auto* line = reinterpret_cast<shm::SequencerLine*>(base + g.sequencer_offset);
     Access::store(line->pid, static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
-    Access::store(line->host, shm_detail::host_tag(), std::memory_order_relaxed);
+    Access::store(line->host, nrx::host_tag(), std::memory_order_relaxed);
     Access::flush(base, g.payload_data_offset);
   }
   // release: the header and the zeroed sections are visible to whoever acquires the magic.
@@ -191,7 +168,7 @@ BasicShmLog<Access>::BasicShmLog(std::byte* base, const shm::Geometry& geo, LogO
       pid_(static_cast<uint64_t>(getpid())),
       mode_(mode),
       client_(client),
-      host_tag_(shm_detail::host_tag()),
+      host_tag_(nrx::host_tag()),
       lease_(lease),
       incarnation_(new uint64_t[geo.max_replicas]()),
       last_beat_ns_(new std::atomic<int64_t>[geo.max_replicas]()),
@@ -252,7 +229,7 @@ bool BasicShmLog<Access>::try_break_gc_lock() {
   // relaxed: only the holder's identity; the CAS below acquires.
   uint64_t holder = Access::load(word, std::memory_order_relaxed);
   if (holder == 0) return try_lock_gc();
-  if ((holder >> shm::kGcLockHostShift) != host_tag_ || !pid_gone(holder & UINT32_MAX)) return false;
+  if ((holder >> shm::kGcLockHostShift) != host_tag_ || !nrx::pid_gone(holder & UINT32_MAX)) return false;
   // acquire: the dead holder's stores (a half-done join, leave or head raise, each harmless:
   // see fence_one) are visible before we act on membership.
   return Access::compare_exchange(word, holder, shm::gc_lock_word(host_tag_, static_cast<uint32_t>(pid_)),
@@ -809,20 +786,6 @@ Status BasicShmLog<Access>::release_payload(uint64_t where, uint32_t generation,
 // ---- Coherent mode: crash fencing ---------------------------------------------------------------
 
 template <typename Access>
-bool BasicShmLog<Access>::pid_gone(uint64_t pid) {
-  if (pid == 0 || pid > static_cast<uint64_t>(INT_MAX)) return false;  // not a pid we can ask about
-  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return true;
-  // A zombie (dead, not yet reaped by its parent) still answers kill(); its state says "Z".
-  std::ifstream stat_file("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat_file, line)) return false;
-  const size_t paren = line.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= line.size()) return false;
-  const char state = line[paren + 2];
-  return state == 'Z' || state == 'X';
-}
-
-template <typename Access>
 Status BasicShmLog<Access>::fenced_error(ReplicaId replica) const {
   return Status::failed_precondition("replica " + std::to_string(replica) + " of shm log " +
                                      std::to_string(options_.log_id) +
@@ -917,7 +880,7 @@ Status BasicShmLog<Access>::fence_dead(std::chrono::nanoseconds lease) {
     // relaxed: only compared with the previous look.
     const uint64_t beat = Access::load(line.heartbeat, std::memory_order_relaxed);
     bool dead = Access::load(line.host, std::memory_order_relaxed) == host_tag_ &&
-                pid_gone(Access::load(line.owner_pid, std::memory_order_relaxed));
+                nrx::pid_gone(Access::load(line.owner_pid, std::memory_order_relaxed));
     Observation& o = observed_[r];
     if (!o.valid || o.incarnation != incarnation || o.heartbeat != beat) {
       o = Observation{incarnation, beat, now, true};
@@ -1723,7 +1686,7 @@ Status BasicShmLog<Access>::check_sequencer(bool silent_too) {
   const uint64_t pid = Access::load(line.pid, std::memory_order_relaxed);
   const uint64_t host = Access::load(line.host, std::memory_order_relaxed);
   const uint64_t beat = Access::load(line.heartbeat, std::memory_order_relaxed);
-  if (host == host_tag_ && pid_gone(pid)) {
+  if (host == host_tag_ && nrx::pid_gone(pid)) {
     return Status::unavailable("the sequencer's process (pid " + std::to_string(pid) + ") of noncoherent shm log " +
                                std::to_string(options_.log_id) +
                                " died: a noncoherent log cannot survive its creator; re-create it");
@@ -1752,7 +1715,7 @@ void BasicShmLog<Access>::sequencer_liveness_locked(Sequencer& s, std::chrono::n
     const auto r = static_cast<ReplicaId>(std::countr_zero(live));
     live &= live - 1;
     if (s.owner[r] == client_) continue;  // ours: alive while we run
-    bool dead = s.owner_host[r] == host_tag_ && pid_gone(s.owner_pid[r]);
+    bool dead = s.owner_host[r] == host_tag_ && nrx::pid_gone(s.owner_pid[r]);
     const uint64_t& word = replica_line(r).heartbeat;
     refresh(&word, sizeof(word));
     // relaxed: only compared with the previous look.
@@ -1812,7 +1775,7 @@ void BasicShmLog<Access>::resolve_victim_locked(Sequencer& s, ReplicaId victim,
   // acquire (both): the owner's alive stores precede its next request and its ack (release).
   const uint64_t seq = Access::load(q.seq, std::memory_order_acquire);
   const bool acked = Access::load(q.fence_ack, std::memory_order_acquire) == v.incarnation;
-  const bool gone = acked || (s.owner_host[victim] == host_tag_ && pid_gone(s.owner_pid[victim]));
+  const bool gone = acked || (s.owner_host[victim] == host_tag_ && nrx::pid_gone(s.owner_pid[victim]));
   if (!v.slots_done) {
     bool unpublished = false;
     for (uint64_t k = 0; k < v.grant_count && !unpublished; ++k) {
