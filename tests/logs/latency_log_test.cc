@@ -365,7 +365,8 @@ TEST(TscTest, CalibrationAgreesWithMonotonicClock) {
   EXPECT_LT(took, 20'000'000 * 3.0);
 }
 
-// delay_ns(100) lasts 100 ns within 20 ns, measured with the TSC itself: the median of 2001 waits,
+// delay_ns(100) lasts 100 ns within 20 ns (or one clock read, if that is longer: the poll that
+// ends the wait), measured with the TSC itself: the median of 2001 waits,
 // minus the median of 2001 empty measurements (the cost of reading the clock). Up to 5 rounds on a
 // noisy machine; one good round passes, and every round's figures are printed.
 TEST(TscTest, HundredNanosecondWaitIsAccurate) {
@@ -390,7 +391,10 @@ TEST(TscTest, HundredNanosecondWaitIsAccurate) {
       const double waited = median_ns(target) - overhead;
       std::printf("delay_ns(%lu): median %.1f ns after %.1f ns of clock overhead (round %d)\n",
                   static_cast<unsigned long>(target), waited, overhead, round + 1);
-      ok = std::fabs(waited - static_cast<double>(target)) <= 20.0;
+      // A busy-wait ends at the first poll past its deadline, so it may overshoot by up to one
+      // poll: about one clock read. Under TSan a poll is ~40 ns (instrumented) and delay_ns(1000)
+      // steadily measured 1021.5 ns; allow that much, and never less than 20 ns.
+      ok = std::fabs(waited - static_cast<double>(target)) <= std::max(20.0, overhead);
     }
     EXPECT_TRUE(ok) << "delay_ns(" << target << ") was off by more than 20 ns in all " << kRounds << " rounds";
   }
