@@ -5,9 +5,10 @@
 #   OUT/vmlinux           the uncompressed Debian kernel, booted through its PVH entry (about 3 s
 #                         faster under TCG than the bzImage, see /work/shared/notes/qemu.md)
 #   OUT/initramfs.cpio    busybox-static, kmod's modprobe, the kernel modules the cluster needs, the
-#                         nrx binaries with their shared libraries, and an /init that runs the
-#                         script QEMU passes through fw_cfg (opt/nrx/script), prints `NRX-EXIT <rc>`
-#                         on the console and powers off.
+#                         nrx binaries with their shared libraries, and an /init that configures
+#                         eth0 when the environment has NRX_IP, runs the script QEMU passes through
+#                         fw_cfg (opt/nrx/script), prints `NRX-EXIT <rc>` on the console and
+#                         powers off.
 # The kernel is downloaded once (OUT/kernel/<version>/, with its modules); the initramfs is rebuilt
 # whenever one of its inputs changes (a binary's contents, busybox, kmod, the module list, this
 # script), judged by a SHA-256 stamp, so `vm.sh up` can call this every time at ~0.2 s.
@@ -49,9 +50,14 @@ Needs (Debian 12): apt-get, dpkg, busybox-static, kmod, cpio, xz-utils; root is 
 (except to apt-get install missing packages). The kernel comes from the versioned package that
 `apt-cache depends linux-image-amd64` names.
 
-Modules always included: qemu_fw_cfg (the script channel) and, for CXL shared memory, cxl_acpi
-cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax. ivshmem needs no module (the guest uses
-/sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core).
+Modules always included: qemu_fw_cfg (the script channel), virtio_pci and virtio_net (the NIC of
+`vm.sh --net private`; Debian builds the virtio PCI transport as a module too) and, for CXL shared
+memory, cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax. ivshmem needs no module
+(the guest uses /sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core).
+
+The guest's /init: when its environment (opt/nrx/env) has NRX_IP, it loads virtio_pci and
+virtio_net, brings up lo and eth0 and gives eth0 the address NRX_IP/24 (busybox ip) before it
+runs the script.
 
 Guest helpers installed in /usr/bin:
   nrx_ivshmem_bar [--phys] [N]   enable the N-th ivshmem device (default 0) and print its BAR2
@@ -138,7 +144,7 @@ out="$(realpath "$out")"
 exec 9>"$out/.lock"
 flock -w 900 9 || die "timed out waiting for another image.sh on $out"
 
-modules=(qemu_fw_cfg cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax "${extra_modules[@]}")
+modules=(qemu_fw_cfg virtio_pci virtio_net cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax "${extra_modules[@]}")
 total_start=$(now)
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +196,8 @@ if ((refresh_kernel == 0)) && [[ -n "$kernel_version" && -f "$out/vmlinux" && -f
 else
   step=$(now)
   need apt-cache apt; need xz xz-utils
-  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
+  # (awk reads to the end: an early exit would SIGPIPE the writer, a failure under pipefail)
+  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ && !p { print $2; p = 1 }')"
   [[ -n "$pkg" ]] || die "'apt-cache depends linux-image-amd64' names no versioned kernel package (run apt-get update?)"
   kernel_version="${pkg#linux-image-}"
   say "kernel: downloading $pkg"
@@ -284,7 +291,9 @@ else
     copy_libs "$f"
   done
   # libgcc_s is dlopen'ed by glibc for pthread_cancel and unwinding even where ldd does not list it.
-  libgcc="$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ { print $NF; exit }')"
+  # awk reads to the end: exiting at the first match would SIGPIPE ldconfig once its cache outgrows
+  # a pipe buffer, and under pipefail that fails this assignment (and the script, silently).
+  libgcc="$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ && !p { print $NF; p = 1 }')"
   [[ -n "$libgcc" ]] || die "libgcc_s.so.1 not found (ldconfig -p); install libgcc-s1"
   [[ -e "$stage$libgcc" ]] || { mkdir -p "$stage$(dirname "$libgcc")"; cp -L "$libgcc" "$stage$libgcc"; }
   printf '%s\n' /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib /usr/lib >"$stage/etc/ld.so.conf"
@@ -361,7 +370,8 @@ HELPER
   chmod 755 "$stage/usr/bin/nrx_ivshmem_bar" "$stage/usr/bin/nrx_ivshmem_poke" "$stage/usr/bin/nrx_ivshmem_peek"
 
   # /init: mount the basics, load qemu_fw_cfg, read the environment (opt/nrx/env) and the script
-  # (opt/nrx/script) QEMU passes, run the script with sh, print the exit marker, power off.
+  # (opt/nrx/script) QEMU passes, configure eth0 when the environment has NRX_IP (vm.sh --net
+  # private), run the script with sh, print the exit marker, power off.
   cat >"$stage/init" <<'INIT'
 #!/bin/sh
 # /init of the nrx guest, written by deploy/image.sh.
@@ -390,6 +400,18 @@ if [ ! -r "$fw/script/raw" ]; then
   finish 126
 fi
 cat "$fw/script/raw" >/run/nrx-script
+# The private network (vm.sh --net private): virtio-net NIC eth0 with address NRX_IP/24.
+if [ -n "${NRX_IP:-}" ]; then
+  modprobe -a virtio_pci virtio_net || { echo "nrx-init: modprobe virtio_pci virtio_net failed"; finish 125; }
+  ip link set lo up
+  # The driver binds the NIC while modprobe runs; allow a slow probe all the same (up to 10 s).
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  [ -e /sys/class/net/eth0 ] || { echo "nrx-init: no eth0 (QEMU started without a virtio-net NIC?)"; finish 125; }
+  if ! ip addr add "$NRX_IP/24" dev eth0 || ! ip link set eth0 up; then
+    echo "nrx-init: cannot give eth0 the address $NRX_IP/24"; finish 125
+  fi
+fi
 echo; echo "NRX-BOOTED vm=${NRX_VM_INDEX:-?} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 cd /root
 sh /run/nrx-script </dev/null

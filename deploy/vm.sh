@@ -3,16 +3,24 @@
 #
 # Each VM boots the image of deploy/image.sh (PVH vmlinux + initramfs, no disk), gets its script
 # and its environment through fw_cfg (opt/nrx/script, opt/nrx/env: NRX_VM_INDEX, NRX_VMS, NRX_SHM,
-# NRX_SHM_MB), runs the script, prints `NRX-EXIT <rc>` on its serial console and powers off. All VMs
-# map the same host file as their shared memory: with --shm ivshmem, a /dev/shm file behind an
-# ivshmem-plain PCI device (coherent, cross-VM atomics exact when -smp maxcpus >= 2, which this
-# script always sets; see /work/shared/notes/qemu.md). The run directory records what `down` needs
-# (PIDs, the shm file), so `up`, `wait` and `down` can be separate commands.
+# NRX_SHM_MB, NRX_NET, with --net private NRX_IP, NRX_HOST_IP, NRX_PEERS), runs the script, prints
+# `NRX-EXIT <rc>` on its serial console and powers off. All VMs map the same host file as their
+# shared memory: with --shm ivshmem, a /dev/shm file behind an ivshmem-plain PCI device (coherent,
+# cross-VM atomics exact when -smp maxcpus >= 2, which this script always sets; see
+# /work/shared/notes/qemu.md). The run directory records what `down` needs (PIDs, the shm file,
+# the network namespace), so `up`, `wait` and `down` can be separate commands.
+#
+# With --net private (the default) the VMs and the host also share a private network: a network
+# namespace per run directory holds a bridge (10.77.0.1/24, the host's side) and one tap per VM;
+# every QEMU runs inside that namespace with a virtio-net NIC on its tap, and the guest's /init
+# gives eth0 the address NRX_IP (10.77.0.(10+I)). `vm.sh exec -- CMD` runs a host command inside
+# the namespace (a server on 10.77.0.1, a client of the guests). `down` deletes the namespace.
 #
 # Usage example:
 #   deploy/vm.sh run --script guest.sh              # 2 VMs: up, wait for NRX-EXIT, down
 #   deploy/vm.sh up --vms 2 --script-for 0 writer.sh --script-for 1 reader.sh
 #   deploy/vm.sh wait --timeout 60; deploy/vm.sh down
+#   deploy/vm.sh exec -- ping -c 1 10.77.0.10        # the host reaches VM 0 (--net private)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,8 +33,9 @@ usage() {
   cat <<'USAGE'
 usage: deploy/vm.sh COMMAND [options]
 
-Run N QEMU VMs (TCG unless real KVM is usable) that share one memory backend, each running a shell
-script inside the nrx guest image (deploy/image.sh). Progress goes to stderr.
+Run N QEMU VMs (TCG unless real KVM is usable) that share one memory backend and a private network
+with the host, each running a shell script inside the nrx guest image (deploy/image.sh). Progress
+goes to stderr.
 
 commands:
   up        build/refresh the image, create the shared memory, start the VMs; return once every
@@ -34,10 +43,15 @@ commands:
             timeout the VMs are stopped again
   wait      wait until every VM printed NRX-EXIT <rc> (or its QEMU died, or --timeout); print
             `vmI: exit RC` per VM on stdout; exit 0 only if every VM exited 0
-  down      stop every QEMU by its recorded PID (TERM, then KILL after 5 s), remove the shm file
-            and the run files; consoles and QEMU logs stay (--purge removes the directory)
+  down      stop every QEMU by its recorded PID (TERM, then KILL after 5 s), remove the shm file,
+            the network namespace and the run files; consoles and QEMU logs stay (--purge removes
+            the directory)
   run       up + wait + down; cleans up on failure, Ctrl-C and TERM; exit status of wait
-  status    print each VM's state (running / exit RC / dead)
+  status    print each VM's state (running / exit RC / dead), the shm file and the namespace
+  exec [--dir DIR] -- CMD [ARGS...]
+            run a host command inside the run's network namespace (--net private), e.g. a server
+            listening on 10.77.0.1 or a client of the guests; exits with CMD's status, or 2 if the
+            run has no namespace. `down` does not stop what exec started: stop it by its PID
 
 options (up, run):
   --vms N             number of VMs (default 2)
@@ -47,6 +61,12 @@ options (up, run):
   --shm KIND          shared memory between the VMs: ivshmem (default) or none
                       (cxl, a CXL type-3 device, is planned: same options, same run directory)
   --shm-mb MB         size of the shared memory in MiB, a power of two (default 256)
+  --net KIND          network: private (default) or none. private (needs root, iproute2 and
+                      /dev/net/tun): a network namespace nrx-<8 hex of a hash of DIR> (NETNS in
+                      DIR/cluster.env) with lo, a bridge br0 at 10.77.0.1/24 (the host's side) and
+                      a tap tapI per VM; every QEMU runs in it with a virtio-net NIC on tapI (MAC
+                      52:54:00:77:00:XX, XX = 10+I in hex), at most 245 VMs; a stale namespace of
+                      that name (left by a crashed run) is deleted first. none: no NIC, no namespace
   --mem MB            guest RAM in MiB (default 512)
   --smp N             vCPUs per VM (default 1; maxcpus is always >= 2, see the notes)
   --accel A           auto (default: KVM only if /proc/cpuinfo has vmx/svm and kvm_pvm is not
@@ -62,12 +82,17 @@ options (wait, run):
   --timeout S         seconds `wait` waits for every NRX-EXIT (default 600)
 options (all):
   --dir DIR           run directory (default build/cluster/run): vmI.console (serial console),
-                      vmI.qemu.log, vmI.pid, vmI.script, vmI.env, cluster.env
+                      vmI.qemu.log, vmI.pid, vmI.script, vmI.env, cluster.env (VMS, SHM, SHM_PATH,
+                      NET, NETNS, ...)
   --purge             (down, run) remove the run directory too, consoles included
   -h, --help          this text
 
 In the guest (environment of the script): NRX_VM_INDEX (0..N-1), NRX_VMS, NRX_SHM, NRX_SHM_MB,
-plus --env variables. With --shm ivshmem:
+NRX_NET, plus --env variables. With --net private also NRX_IP (this VM: 10.77.0.(10+I), on eth0,
+set up by /init before the script starts), NRX_HOST_IP (10.77.0.1: the host, reached through
+`vm.sh exec`) and NRX_PEERS (every VM's address, space-separated, in index order, this one
+included); the peers may still be booting when a script starts, so retry (busybox ping, nc).
+With --shm ivshmem:
   BAR=$(nrx_ivshmem_bar)          # /sys/bus/pci/devices/BDF/resource2, enabled; mmap MAP_SHARED
   PHYS=$(nrx_ivshmem_bar --phys)  # its physical address: `devmem $PHYS 64 [VALUE]` (busybox)
   nrx_ivshmem_poke 0 hello; nrx_ivshmem_peek 0 5     # short strings through /dev/mem
@@ -85,10 +110,10 @@ secs() { local us=$(($(now) - $1)); printf '%d.%01d s' $((us / 1000000)) $((us %
 # Options
 cmd="${1:-}"
 case "$cmd" in
-  up|wait|down|run|status) shift ;;
+  up|wait|down|run|status|exec) shift ;;
   -h|--help|help) usage; exit 0 ;;
   "") usage >&2; exit 2 ;;
-  *) die "unknown command '$cmd' (up, wait, down, run, status; see deploy/vm.sh --help)" ;;
+  *) die "unknown command '$cmd' (up, wait, down, run, status, exec; see deploy/vm.sh --help)" ;;
 esac
 
 vms=2
@@ -97,6 +122,7 @@ declare -A script_for=()
 envs=()
 shm=ivshmem
 shm_mb=256
+net=private
 mem_mb=512
 smp=1
 accel=auto
@@ -109,6 +135,7 @@ boot_timeout=120
 timeout=600
 dir="$root/build/cluster/run"
 purge=0
+exec_cmd=()
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 need_uint() {  # option value minimum: dies unless value is an integer >= minimum
@@ -116,11 +143,15 @@ need_uint() {  # option value minimum: dies unless value is an integer >= minimu
 }
 while (($#)); do
   opt="$1"; val=""
+  if [[ "$opt" == -- ]]; then
+    [[ "$cmd" == exec ]] || die "'--' only goes with exec (see deploy/vm.sh --help)"
+    shift; exec_cmd=("$@"); break
+  fi
   case "$opt" in
     --*=*) val="${opt#*=}"; opt="${opt%%=*}"; set -- "$opt" "$val" "${@:2}" ;;
   esac
   case "$opt" in
-    --vms|--script|--env|--shm|--shm-mb|--mem|--smp|--accel|--image|--bin|--append|--qemu-arg|\
+    --vms|--script|--env|--shm|--shm-mb|--net|--mem|--smp|--accel|--image|--bin|--append|--qemu-arg|\
     --boot-timeout|--timeout|--dir)
       [[ $# -ge 2 ]] || die "$opt needs a value"; val="$2"; shift ;;
     --script-for)
@@ -134,6 +165,7 @@ while (($#)); do
     --env) [[ "$val" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env: '$val' is not KEY=VALUE"; envs+=("$val") ;;
     --shm) shm="$val" ;;
     --shm-mb) shm_mb="$val" ;;
+    --net) net="$val" ;;
     --mem) need_uint "$opt" "$val" 128; mem_mb="$val" ;;
     --smp) need_uint "$opt" "$val" 1; smp="$val" ;;
     --accel) accel="$val" ;;
@@ -147,7 +179,9 @@ while (($#)); do
     --dir) dir="$val" ;;
     --purge) purge=1 ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown option '$opt' (see deploy/vm.sh --help)" ;;
+    *)
+      if [[ "$cmd" == exec && "$opt" != -* ]]; then die "exec: put '--' before the command: deploy/vm.sh exec [--dir DIR] -- $opt ..."; fi
+      die "unknown option '$opt' (see deploy/vm.sh --help)" ;;
   esac
   shift
 done
@@ -197,11 +231,74 @@ shm_teardown() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Networks. private: a network namespace per run directory (its name derives from the directory,
+# so `down` and a later `up` find it even when cluster.env is gone) with a bridge (the host's
+# side, 10.77.0.1/24) and one tap per VM; each QEMU runs inside it (ip netns exec, which execs, so
+# the recorded PID is QEMU's) with a virtio-net NIC on its tap. Deleting the namespace removes the
+# bridge and the taps with it.
+net_host_ip=10.77.0.1
+net_ip() { echo "10.77.0.$((10 + $1))"; }       # VM index -> its address
+net_name() { echo "nrx-$(printf '%s' "$dir" | sha256sum | cut -c1-8)"; }
+net_exists() { command -v ip >/dev/null && ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qxF "$1"; }
+net_validate() {
+  case "$net" in
+    private)
+      command -v ip >/dev/null || die "--net private needs 'ip' (apt-get install iproute2), or use --net none"
+      ((EUID == 0)) || die "--net private needs root (network namespace, bridge, taps); use --net none"
+      [[ -c /dev/net/tun ]] || die "--net private needs /dev/net/tun (modprobe tun), or use --net none"
+      ((vms <= 245)) || die "--net private gives VM I the address 10.77.0.(10+I): at most 245 VMs" ;;
+    none) ;;
+    *) die "--net: unknown kind '$net' (private or none)" ;;
+  esac
+}
+net_setup() {  # sets NETNS
+  NETNS=""
+  [[ "$net" == private ]] || return 0
+  NETNS="$(net_name)"
+  local i
+  if net_exists "$NETNS"; then
+    say "up: deleting the stale network namespace $NETNS (left by an earlier run in $dir)"
+    ip netns del "$NETNS" || die "cannot delete the stale network namespace $NETNS"
+  fi
+  ip netns add "$NETNS" || die "cannot create the network namespace $NETNS (ip netns add)"
+  {
+    ip -n "$NETNS" link set lo up &&
+    ip -n "$NETNS" link add br0 type bridge forward_delay 0 &&
+    ip -n "$NETNS" addr add "$net_host_ip/24" dev br0 &&
+    ip -n "$NETNS" link set br0 up
+  } || die "cannot set up the bridge br0 ($net_host_ip/24) in the network namespace $NETNS"
+  for ((i = 0; i < vms; i++)); do
+    {
+      ip -n "$NETNS" tuntap add "tap$i" mode tap &&
+      ip -n "$NETNS" link set "tap$i" master br0 &&
+      ip -n "$NETNS" link set "tap$i" up
+    } || die "cannot add tap$i to br0 in the network namespace $NETNS"
+  done
+}
+net_qemu_args() {  # VM index -> appends to qemu_args (the NIC; the namespace is the launcher's)
+  [[ "$net" == private ]] || return 0
+  # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
+  qemu_args+=(-netdev "tap,id=n0,ifname=tap$1,script=no,downscript=no"
+              -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$(printf '%02x' $((10 + $1)))")
+}
+net_teardown() {  # deletes the run's namespace (recorded or derived from the directory); sets NET_REMOVED
+  local ns
+  NET_REMOVED=""
+  for ns in ${NETNS:-} "$(net_name)"; do
+    [[ "$ns" == nrx-* ]] || continue               # only ever a namespace this script names
+    if net_exists "$ns"; then
+      if ip netns del "$ns"; then NET_REMOVED="$ns"; else say "down: cannot delete the network namespace $ns"; fi
+    fi
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
 # Run-directory state
-state_load() {  # sets VMS, SHM, SHM_PATH from DIR/cluster.env
+state_load() {  # sets VMS, SHM_PATH, NETNS from DIR/cluster.env
   [[ -f "$dir/cluster.env" ]] || return 1
   VMS="$(sed -n 's/^VMS=//p' "$dir/cluster.env")"
   SHM_PATH="$(sed -n 's/^SHM_PATH=//p' "$dir/cluster.env")"
+  NETNS="$(sed -n 's/^NETNS=//p' "$dir/cluster.env")"
   is_uint "$VMS" || die "$dir/cluster.env is damaged (VMS='$VMS')"
 }
 # The PID of VM I's QEMU if it is still running (checked against its command line, so a recycled
@@ -256,9 +353,10 @@ cmd_down() {
     wait "$pid" 2>/dev/null || true      # reap it when it is our child (run)
   done
   shm_teardown
+  net_teardown          # after the QEMUs are gone: they hold the taps
   rm -f "$dir"/vm*.pid "$dir"/vm*.env "$dir"/vm*.script "$dir/cluster.env"
   if ((purge)); then rm -rf "$dir"; fi
-  say "down: stopped ${#stopped[@]} QEMU process(es)${SHM_PATH:+, removed $SHM_PATH}$( ((purge)) && echo ", removed $dir")"
+  say "down: stopped ${#stopped[@]} QEMU process(es)${SHM_PATH:+, removed $SHM_PATH}${NET_REMOVED:+, deleted the network namespace $NET_REMOVED}$( ((purge)) && echo ", removed $dir")"
 }
 
 pick_accel() {  # sets accel_args
@@ -281,6 +379,7 @@ cmd_up() {
   local i f
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; install it with: apt-get install qemu-system-x86"
   shm_validate
+  net_validate
   pick_accel
   # Every VM needs a script.
   for i in "${!script_for[@]}"; do ((i < vms)) || die "--script-for $i: there are only $vms VMs (--vms)"; done
@@ -318,9 +417,16 @@ cmd_up() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   shm_setup
-  printf 'VMS=%s\nSHM=%s\nSHM_MB=%s\nSHM_PATH=%s\nIMAGE=%s\n' "$vms" "$shm" "$shm_mb" "$SHM_PATH" "$image" >"$dir/cluster.env"
+  net_setup
+  printf 'VMS=%s\nSHM=%s\nSHM_MB=%s\nSHM_PATH=%s\nNET=%s\nNETNS=%s\nIMAGE=%s\n' \
+    "$vms" "$shm" "$shm_mb" "$SHM_PATH" "$net" "$NETNS" "$image" >"$dir/cluster.env"
 
-  local -a qemu_args pids=()
+  local -a qemu_args launch=() pids=()
+  local peers=""
+  if [[ "$net" == private ]]; then
+    launch=(ip netns exec "$NETNS")
+    for ((i = 0; i < vms; i++)); do peers+="${peers:+ }$(net_ip "$i")"; done
+  fi
   local -A t0=()
   for ((i = 0; i < vms; i++)); do
     cp "${script_for[$i]:-$script}" "$dir/vm$i.script"
@@ -329,6 +435,12 @@ cmd_up() {
       echo "NRX_VMS=$vms"
       echo "NRX_SHM=$shm"
       echo "NRX_SHM_MB=$shm_mb"
+      echo "NRX_NET=$net"
+      if [[ "$net" == private ]]; then
+        echo "NRX_IP=$(net_ip "$i")"
+        echo "NRX_HOST_IP=$net_host_ip"
+        echo "NRX_PEERS=$(sq "$peers")"
+      fi
       for f in "${envs[@]}"; do echo "${f%%=*}=$(sq "${f#*=}")"; done
     } >"$dir/vm$i.env"
     qemu_args=(qemu-system-x86_64 -name "nrx-vm$i" -nodefaults -machine q35 "${accel_args[@]}"
@@ -338,13 +450,14 @@ cmd_up() {
                -fw_cfg "name=opt/nrx/script,file=$dir/vm$i.script"
                -fw_cfg "name=opt/nrx/env,file=$dir/vm$i.env")
     shm_qemu_args "$i"
+    net_qemu_args "$i"
     qemu_args+=("${qemu_extra[@]}")
     t0[$i]=$(now)
-    "${qemu_args[@]}" </dev/null >"$dir/vm$i.qemu.log" 2>&1 &
+    "${launch[@]}" "${qemu_args[@]}" </dev/null >"$dir/vm$i.qemu.log" 2>&1 &
     pids[i]=$!
     echo $! >"$dir/vm$i.pid"
   done
-  say "up: started $vms VM(s) (${accel_args[*]}, ${mem_mb} MiB, shm $shm${SHM_PATH:+ $SHM_PATH ${shm_mb} MiB}); waiting for them to boot"
+  say "up: started $vms VM(s) (${accel_args[*]}, ${mem_mb} MiB, shm $shm${SHM_PATH:+ $SHM_PATH ${shm_mb} MiB}, net $net${NETNS:+ $NETNS $net_host_ip/24}); waiting for them to boot"
 
   # Wait for every guest's NRX-BOOTED line.
   local deadline=$(($(now) + boot_timeout * 1000000)) pending=$vms
@@ -420,6 +533,19 @@ cmd_status() {
     else echo "vm$i: dead (no NRX-EXIT)"; fi
   done
   echo "shm: ${SHM_PATH:-none}"
+  if [[ -n "$NETNS" ]]; then
+    echo "net: $NETNS ($(net_exists "$NETNS" && echo "host $net_host_ip" || echo "deleted"))"
+  else
+    echo "net: none"
+  fi
+}
+
+cmd_exec() {
+  ((${#exec_cmd[@]})) || die "exec: no command (deploy/vm.sh exec [--dir DIR] -- CMD [ARGS...])"
+  state_load || die "exec: no cluster in $dir (nothing was started with 'deploy/vm.sh up --dir $dir')"
+  [[ -n "$NETNS" ]] || die "exec: the run in $dir has no network namespace (it was started with --net none)"
+  net_exists "$NETNS" || die "exec: the network namespace $NETNS of $dir is gone (the cluster is down?)"
+  exec ip netns exec "$NETNS" "${exec_cmd[@]}"
 }
 
 cmd_run() {
@@ -443,4 +569,5 @@ case "$cmd" in
   down) cmd_down ;;
   run) cmd_run ;;
   status) cmd_status ;;
+  exec) cmd_exec ;;
 esac

@@ -66,6 +66,7 @@ class TablePort {
   virtual uint64_t exited(uint32_t node, nr::ThreadToken token) = 0;  // likewise
   virtual logs::ReplicaId replica_id(uint32_t node) const = 0;
   virtual uint32_t registered_replicas() const = 0;  // by every process sharing the log
+  virtual LogPosition position() const = 0;
 };
 
 template <typename L>
@@ -105,6 +106,14 @@ class TablePortImpl final : public TablePort {
     return group_->replica(node).inspect(token, [](const proc::ProcessTable& t) { return t.exited(); });
   }
   logs::ReplicaId replica_id(uint32_t node) const override { return group_->replica(node).id(); }
+  LogPosition position() const override {
+    LogPosition p{"proc", group_->log().tail(), group_->log().tail()};
+    for (size_t n = 0; n < group_->size(); ++n) {
+      Result<logs::LogIndex> lt = group_->log().ltail(group_->replica(static_cast<uint32_t>(n)).id());
+      if (lt.ok()) p.ltail = std::min<uint64_t>(p.ltail, *lt);
+    }
+    return p;
+  }
   uint32_t registered_replicas() const override {
     if constexpr (requires(const L& log) { log.active_replicas(); }) {
       return static_cast<uint32_t>(std::popcount(group_->log().active_replicas()));
@@ -130,6 +139,7 @@ class FsPort {
   virtual void execute(fs::Handle& h, const nrx_request& request, std::span<std::byte> data, nrx_response& response,
                        syscall::ProcessCalls* process) = 0;
   virtual uint32_t logs() const = 0;
+  virtual LogPosition position(uint32_t log) const = 0;
   virtual Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) = 0;
 };
 
@@ -145,6 +155,10 @@ class FsPortImpl final : public FsPort {
     syscall::execute(*fs_, h, request, data, response, process);
   }
   uint32_t logs() const override { return fs_->logs(); }
+  LogPosition position(uint32_t log) const override {
+    auto [tail, low] = fs_->log_position(log);
+    return {"fs" + std::to_string(log), tail, low};
+  }
   Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) override {
     if constexpr (std::is_same_v<L, logs::RingLog>) {
       return syscall::ChannelServer::start(*fs_, replica, {.path = path});
@@ -852,6 +866,11 @@ const Topology& Kernel::topology() const { return impl_->options.topology; }
 uint32_t Kernel::nodes() const { return impl_->nodes; }
 uint32_t Kernel::registered_replicas() const { return impl_->table->registered_replicas(); }
 uint32_t Kernel::first_node() const { return impl_->base_node; }
+std::vector<LogPosition> Kernel::log_positions() const {
+  std::vector<LogPosition> out{impl_->table->position()};
+  for (uint32_t i = 0; i < impl_->fs->logs(); ++i) out.push_back(impl_->fs->position(i));
+  return out;
+}
 
 uint64_t Kernel::exited_in_table() {
   MutexLock lock(impl_->console_mu);

@@ -134,6 +134,14 @@ struct ProcessReport {
   std::string error;                   // a kernel-side failure during exit, if any
 };
 
+// Where a kernel log stands: its tail and the lowest ltail of this kernel's replicas on it
+// (tail - ltail is how far this machine lags).
+struct LogPosition {
+  std::string name;  // "proc", "fs0", ...
+  uint64_t tail = 0;
+  uint64_t ltail = 0;
+};
+
 // Per-replica digests of each subsystem (index = replica = node).
 struct ReplicaDigests {
   std::vector<uint64_t> proc;
@@ -162,6 +170,8 @@ class Kernel {
   uint32_t registered_replicas() const;
   // The process table's node number of local node 0 (machine * nodes; 0 for kRing).
   uint32_t first_node() const;
+  // The process table's and NR-FS's logs (cluster status: positions and lag). Any thread.
+  std::vector<LogPosition> log_positions() const;
   // Processes that exited, as the (shared) process table counts them: every machine's.
   uint64_t exited_in_table();
   uint32_t cores_per_node() const;

@@ -161,6 +161,18 @@ uint32_t FileSystem<L>::logs() const {
 }
 
 template <typename L>
+std::pair<uint64_t, uint64_t> FileSystem<L>::log_position(uint32_t i) const {
+  L& log = impl_->group->log(i);
+  const uint64_t tail = log.tail();
+  uint64_t low = tail;
+  for (const auto& r : impl_->replicas) {
+    Result<logs::LogIndex> lt = log.ltail(r->id());
+    if (lt.ok()) low = std::min<uint64_t>(low, *lt);
+  }
+  return {tail, low};
+}
+
+template <typename L>
 Result<Handle> FileSystem<L>::attach(uint32_t replica) {
   if (replica >= impl_->replicas.size()) return fs_error(EINVAL, "replica " + std::to_string(replica) + " does not exist");
   auto token = impl_->replicas[replica]->register_thread();
