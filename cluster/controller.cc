@@ -244,6 +244,7 @@ Status Controller::report(const v1::ReportRequest& request, v1::ReportReply*) {
   NRX_RETURN_IF_ERROR(check_secret(request.secret()));
   if (request.error().size() > 4096) return Status::invalid_argument("error: at most 4096 bytes");
   if (!std::isfinite(request.seconds()) || request.seconds() < 0) return Status::invalid_argument("seconds: not a duration");
+  NRX_RETURN_IF_ERROR(check_logs(request.logs()));
   MutexLock lock(mu_);
   Node* n = nullptr;
   NRX_RETURN_IF_ERROR(find_node_locked(request.node_id(), request.token(), &n));
@@ -325,6 +326,7 @@ void Controller::describe_run_locked(const Run& run, v1::RunReply* reply) const 
       *r->mutable_fs_digests() = rep.fs_digests();
       r->set_fs_calls(rep.fs_calls());
       r->set_seconds(rep.seconds());
+      *r->mutable_logs() = rep.logs();
       if (!rep.ok()) {
         ok = false;
         if (error.empty()) error = "machine " + std::to_string(m) + ": " + rep.error();
@@ -338,6 +340,7 @@ void Controller::describe_run_locked(const Run& run, v1::RunReply* reply) const 
     } else if (n.fenced) {
       r->set_outcome("fenced");
       r->set_error("lease expired");
+      for (const v1::LogPosition& p : n.logs) *r->add_logs() = p;
     } else {
       r->set_outcome("missing");
       ok = false;
@@ -347,6 +350,27 @@ void Controller::describe_run_locked(const Run& run, v1::RunReply* reply) const 
     ok = false;
     if (error.empty()) error = "no machine reported";
   }
+  // What fenced machines had applied must be in every survivor's replicas.
+  std::string kept = "none fenced";
+  for (uint32_t id : run.machines) {
+    if (!nodes_[id].fenced) continue;
+    if (kept == "none fenced") kept = "kept";
+    for (const v1::LogPosition& dead : nodes_[id].logs) {
+      for (const auto& [sid, rep] : run.reports) {
+        if (!rep.ok()) continue;
+        for (const v1::LogPosition& live : rep.logs()) {
+          if (live.name() == dead.name() && live.ltail() < dead.ltail()) {
+            kept = "LOST: node " + std::to_string(id) + " had applied " + dead.name() + " up to " +
+                   std::to_string(dead.ltail()) + ", node " + std::to_string(sid) + " ends at " +
+                   std::to_string(live.ltail());
+            ok = false;
+            if (error.empty()) error = kept;
+          }
+        }
+      }
+    }
+  }
+  reply->set_fenced_entries(kept);
   if (!equal) {
     ok = false;
     if (error.empty()) error = "replica digests differ between machines";

@@ -299,6 +299,12 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
   for (uint64_t x : d.proc) rep.add_proc_digests(x);
   for (uint64_t x : d.fs) rep.add_fs_digests(x);
   rep.set_fs_calls(kernel.stats().fs_calls);
+  for (const boot::LogPosition& p : kernel.log_positions()) {
+    v1::LogPosition* l = rep.add_logs();
+    l->set_name(p.name);
+    l->set_tail(p.tail);
+    l->set_ltail(std::min(p.ltail, p.tail));
+  }
   rep.set_seconds(std::chrono::duration<double>(Clock::now() - t0).count());
   std::printf("nrx node: digests proc %s fs %s\n", hex(d.proc.front()).c_str(), hex(d.fs.front()).c_str());
   std::fflush(stdout);
@@ -538,6 +544,9 @@ static int cluster_run(const std::vector<std::string>& args) {
   }
   std::printf("run %" PRIu64 ": %s in %.1f s; every replica on every reporting machine %s\n", r.run_id(),
               r.ok() ? "OK" : "FAILED", r.seconds(), r.digests_equal() ? "has the same digests" : "does NOT agree");
+  if (r.fenced_entries() != "none fenced") {
+    std::printf("fenced machines' applied log entries on every survivor: %s\n", r.fenced_entries().c_str());
+  }
   if (!r.error().empty()) std::printf("error: %s\n", r.error().c_str());
   return r.ok() ? 0 : 1;
 }
@@ -628,6 +637,10 @@ int run_cluster(const std::vector<std::string>& args) {
       std::fprintf(stderr, "nrx cluster %s: %s is missing (set NRX_ROOT to the nrx checkout)\n", sub.c_str(), script.c_str());
       return 2;
     }
+    // The script runs this very binary on the host and in the guests.
+    char exe[4096];
+    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0 && std::getenv("NRX_BIN") == nullptr) setenv("NRX_BIN", std::string(exe, static_cast<size_t>(n)).c_str(), 1);
     std::vector<std::string> argv = {script, sub};
     argv.insert(argv.end(), rest.begin(), rest.end());
     std::vector<char*> cargv;
