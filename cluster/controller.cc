@@ -179,6 +179,7 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
   Node* n = nullptr;
   NRX_RETURN_IF_ERROR(find_node_locked(request.node_id(), request.token(), &n));
   if (shutdown_) {
+    n->told_shutdown = true;
     reply->set_verdict(v1::HeartbeatReply::VERDICT_SHUTDOWN);
     return Status::ok_status();
   }
@@ -327,6 +328,8 @@ void Controller::describe_run_locked(const Run& run, v1::RunReply* reply) const 
       r->set_fs_calls(rep.fs_calls());
       r->set_seconds(rep.seconds());
       *r->mutable_logs() = rep.logs();
+      r->set_shm_ops_per_s(rep.shm_ops_per_s());
+      r->set_ring_ops_per_s(rep.ring_ops_per_s());
       if (!rep.ok()) {
         ok = false;
         if (error.empty()) error = "machine " + std::to_string(m) + ": " + rep.error();
@@ -460,6 +463,11 @@ std::vector<uint32_t> Controller::expire_leases() {
     }
   }
   return fenced;
+}
+
+bool Controller::all_told_shutdown() const {
+  MutexLock lock(mu_);
+  return std::all_of(nodes_.begin(), nodes_.end(), [](const Node& n) { return n.fenced || n.told_shutdown; });
 }
 
 bool Controller::shutting_down() const {

@@ -47,7 +47,8 @@ inline constexpr uint32_t kProtocol = 1;
 inline constexpr size_t kMinSecretBytes = 16;
 // Replicas in one cluster at most (the shared logs' replica limit).
 inline constexpr uint32_t kMaxReplicas = 64;
-// Workloads a run may name (the kernel's built-in programs, and "demo" for all of them).
+// Workloads a run may name: the kernel's built-in programs, "demo" for all of them, and
+// "logbench" (append/exec throughput of a shared log beside a local ring, tools/nrx/logbench.h).
 inline const std::vector<std::string>& workloads();
 
 struct ControllerOptions {
@@ -96,6 +97,9 @@ class Controller {
   bool shutting_down() const;
   // Blocks until shutdown() was called or |deadline|; true if it was.
   bool wait_shutdown(Clock::time_point deadline);
+  // After shutdown(): true once every live machine got VERDICT_SHUTDOWN (the controller process
+  // lingers until then, or a lease, so machines leave instead of timing out).
+  bool all_told_shutdown() const;
   const ControllerOptions& options() const { return options_; }
 
  private:
@@ -106,6 +110,7 @@ class Controller {
     v1::Topology topology;
     std::vector<v1::Transport> transports;
     bool fenced = false;
+    bool told_shutdown = false;
     Clock::time_point last_beat{};
     uint64_t run_id = 0;
     v1::Phase phase = v1::PHASE_IDLE;
@@ -148,7 +153,7 @@ class Controller {
 };
 
 inline const std::vector<std::string>& workloads() {
-  static const std::vector<std::string> kWorkloads = {"demo", "kv", "fsbench", "mapbench"};
+  static const std::vector<std::string> kWorkloads = {"demo", "kv", "fsbench", "mapbench", "logbench"};
   return kWorkloads;
 }
 

@@ -265,6 +265,47 @@ using detail::KernelCore;
 using detail::Mailbox;
 using detail::Process;
 
+// Machine 0 creates (a /dev/shm file) or takes (a device-dax device, an ivshmem BAR) the region
+// and formats it; the others wait for it to appear and for machine 0 to seal its directory (a VM
+// may start before machine 0's).
+Result<SharedRegion> open_shared_region(const ShmPlacement& sp) {
+  const std::string& path = sp.region;
+  if (path.empty()) return Status::invalid_argument("no shared region path");
+  const bool dax = path.rfind("/dev/dax", 0) == 0;
+  const bool bar = path.rfind("/sys/", 0) == 0 && path.find("/resource") != std::string::npos;
+  const auto deadline = std::chrono::steady_clock::now() + sp.join_timeout;
+  SharedRegion out;
+  for (;;) {
+    Result<transport::Region> r = dax   ? transport::Region::attach_dax(path)
+                                  : bar ? transport::Region::attach_pci_bar(path)
+                                  : sp.attach
+                                      ? transport::Region::attach_file(path)
+                                      : transport::Region::create_file(path, sp.region_bytes,
+                                                                       {.replace_existing = true, .unlink_on_close = true});
+    if (r.ok()) {
+      out.region = std::make_shared<transport::Region>(std::move(*r));
+      break;
+    }
+    // Not there yet (machine 0 creates it), or half-made (created, not yet sized): wait.
+    const bool wait = sp.attach && (r.status().code() == StatusCode::kNotFound ||
+                                    r.status().code() == StatusCode::kFailedPrecondition);
+    if (!wait || std::chrono::steady_clock::now() >= deadline) return r.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling for the file, with a deadline
+  }
+  if (sp.attach) {
+    const auto left = std::max<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now(),
+                                                         std::chrono::milliseconds(1));
+    NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
+                         transport::RegionDirectory::open(out.region->bytes(), sp.cluster_id, left));
+    out.directory.emplace(d);
+  } else {
+    NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
+                         transport::RegionDirectory::format(out.region->bytes(), sp.cluster_id));
+    out.directory.emplace(d);
+  }
+  return out;
+}
+
 struct Kernel::Impl {
   KernelOptions options;
   uint32_t nodes = 0;
@@ -321,43 +362,10 @@ struct Kernel::Impl {
     };
   }
 
-  // kShm: maps the one shared region and opens its directory. Machine 0 creates (a /dev/shm file)
-  // or takes (a device-dax device, an ivshmem BAR) the region and formats it; the others wait for
-  // it to appear and for machine 0 to seal its directory (a VM may start before machine 0's).
   Status open_shm_region() {
-    const ShmPlacement& sp = options.shm;
-    const std::string& path = sp.region;
-    const bool dax = path.rfind("/dev/dax", 0) == 0;
-    const bool bar = path.rfind("/sys/", 0) == 0 && path.find("/resource") != std::string::npos;
-    const auto deadline = std::chrono::steady_clock::now() + sp.join_timeout;
-    for (;;) {
-      Result<transport::Region> r = dax   ? transport::Region::attach_dax(path)
-                                    : bar ? transport::Region::attach_pci_bar(path)
-                                    : sp.attach
-                                        ? transport::Region::attach_file(path)
-                                        : transport::Region::create_file(path, sp.region_bytes,
-                                                                         {.replace_existing = true, .unlink_on_close = true});
-      if (r.ok()) {
-        shm_region = std::make_shared<transport::Region>(std::move(*r));
-        break;
-      }
-      // Not there yet (machine 0 creates it), or half-made (created, not yet sized): wait.
-      const bool wait = sp.attach && (r.status().code() == StatusCode::kNotFound ||
-                                      r.status().code() == StatusCode::kFailedPrecondition);
-      if (!wait || std::chrono::steady_clock::now() >= deadline) return r.status();
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling for the file, with a deadline
-    }
-    if (sp.attach) {
-      const auto left = std::max<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now(),
-                                                           std::chrono::milliseconds(1));
-      NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
-                           transport::RegionDirectory::open(shm_region->bytes(), sp.cluster_id, left));
-      shm_dir.emplace(d);
-    } else {
-      NRX_ASSIGN_OR_RETURN(transport::RegionDirectory d,
-                           transport::RegionDirectory::format(shm_region->bytes(), sp.cluster_id));
-      shm_dir.emplace(d);
-    }
+    NRX_ASSIGN_OR_RETURN(SharedRegion r, open_shared_region(options.shm));
+    shm_region = std::move(r.region);
+    shm_dir.emplace(*r.directory);
     return ok_status();
   }
 
@@ -379,7 +387,8 @@ struct Kernel::Impl {
       // Payload slots hold NR-FS write data: one 4 KiB block and a path fit with room to spare.
       const logs::ShmOptions so{.cluster_id = sp.cluster_id,
                                 .payload_bytes = uint64_t{with.payload_slots} * 8192,
-                                .keep_alive = shm_region};
+                                .keep_alive = shm_region,
+                                .lease = sp.lease};
       const uint64_t bytes = logs::ShmLog::region_bytes(with, so);
       if (bytes == 0) return Status::invalid_argument("no shm log fits these log options");
       NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window(window, bytes));
@@ -391,7 +400,8 @@ struct Kernel::Impl {
                                                      .client = sp.machine,
                                                      .full_timeout = o.full_timeout,
                                                      .on_lagging = hook,
-                                                     .keep_alive = shm_region}));
+                                                     .keep_alive = shm_region,
+                                                     .lease = sp.lease}));
       if (log->tail() != 0) {
         return Status::failed_precondition("shm log " + window + " already holds " + std::to_string(log->tail()) +
                                            " entries: joining a running cluster needs state transfer, "
@@ -404,7 +414,8 @@ struct Kernel::Impl {
   // NR-FS's scans are ordered across the kernel processes by a SharedScanOrder in window
   // "fsscan" of the shared region.
   Result<std::unique_ptr<nr::ScanOrder>> shm_scan_order() {
-    const nr::SharedScanOrderOptions so{.cluster_id = options.shm.cluster_id};
+    nr::SharedScanOrderOptions so{.cluster_id = options.shm.cluster_id};
+    so.remote_lease = std::max<std::chrono::nanoseconds>(2 * options.shm.lease, std::chrono::seconds(10));
     NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window("fsscan", nr::SharedScanOrder::kRegionBytes));
     if (options.shm.attach) {
       NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::attach(at, so));

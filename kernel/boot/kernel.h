@@ -42,6 +42,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -54,6 +55,8 @@
 #include "kernel/syscall/channel.h"
 #include "kernel/syscall/nrx_syscall.h"
 #include "kernel/vmem/address_space.h"
+#include "transport/region.h"
+#include "transport/region_directory.h"
 
 namespace nrx::boot {
 
@@ -86,7 +89,23 @@ struct ShmPlacement {
   uint64_t region_bytes = uint64_t{512} << 20;  // machine 0, a /dev/shm file: its size (sparse)
   // Machines 1..: how long to wait for the region to appear and machine 0 to seal its directory.
   std::chrono::nanoseconds join_timeout = std::chrono::seconds(60);
+  // Data-plane liveness: another machine's replica whose heartbeat on a shared log stays unchanged
+  // this long is fenced (logs/shm ShmOptions::lease), and a scan-lock holder on another machine
+  // is presumed dead after twice this, at least 10 s (nr::SharedScanOrder's remote lease). A machine's kernel
+  // heartbeats from every operation and from its idle cores; a VM that QEMU stalls longer than
+  // this is fenced. Under a controller, its lease (cluster/controller.h).
+  std::chrono::nanoseconds lease = std::chrono::seconds(2);
 };
+
+// The shared region of a ShmPlacement, mapped, and its directory: machine 0 (attach false) creates
+// or takes the region and formats the directory (seal it when every window is in place); the
+// others wait up to join_timeout for the region and the seal. Errors: transport::Region's and
+// transport::RegionDirectory's (kFailedPrecondition: another cluster's region).
+struct SharedRegion {
+  std::shared_ptr<transport::Region> region;
+  std::optional<transport::RegionDirectory> directory;  // set on success
+};
+Result<SharedRegion> open_shared_region(const ShmPlacement& placement);
 
 struct KernelOptions {
   Topology topology = Topology::detect();  // the nodes to boot on (detected, or emulated)

@@ -29,6 +29,23 @@
 #include <thread>
 #include <vector>
 
+#if defined(__SANITIZE_THREAD__)
+#define NRX_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define NRX_TEST_TSAN 1
+#endif
+#endif
+
+#if defined(NRX_TEST_TSAN)
+// Debian's gRPC, gpr and Abseil are not built with TSan, so their locks are invisible to it and
+// every buffer gRPC hands between its threads (malloc'd in one, memcpy'd or freed in another, all
+// through TSan's interceptors) is reported as a race: some 860 reports per run, none with a frame
+// of ours on top. Ignore what those libraries do through the interceptors; our code is still
+// instrumented, and its own locking (std::mutex through pthread) is still checked.
+extern "C" const char* __tsan_default_options() { return "ignore_noninstrumented_modules=1"; }
+#endif
+
 namespace nrx::cluster {
 namespace {
 
@@ -408,7 +425,12 @@ TEST(ControllerRun, StartRunRefusesBadRequests) {
   for (double s : {0.0, -1.0, 3601.0, std::nan("")}) {
     EXPECT_EQ(c->start_run(run_request("kv", s)).status().code(), StatusCode::kInvalidArgument) << s;
   }
-  for (const std::string& w : workloads()) EXPECT_FALSE(w.empty());
+  for (const std::string& w : workloads()) {
+    Result<uint64_t> one = c->start_run(run_request(w));
+    ASSERT_TRUE(one.ok()) << w << ": " << one.status().to_string();
+    v1::RunReply rr;
+    EXPECT_EQ(c->wait_run(*one, Clock::now() - 1ms, &rr).code(), StatusCode::kDeadlineExceeded) << "abandoned";
+  }
 
   Result<uint64_t> first = c->start_run(run_request("demo", 3600));
   ASSERT_TRUE(first.ok()) << first.status().to_string();
@@ -772,11 +794,18 @@ TEST(ControllerGrpc, RunOverGrpcWaitsForTheReports) {
   const bool ordered = eventually([&] { return client->heartbeat(hb, &hr).ok() && hr.run().run_id() != 0; });
   EXPECT_TRUE(ordered) << "no run order within 5 s";
   if (ordered) {
+    // Machine 0 formats and finishes (a report before any beat said so would end the run as
+    // "failed before it formatted").
+    const uint64_t run = hr.run().run_id();
+    hb.set_run_id(run);
+    hb.set_phase(v1::PHASE_DONE);
+    EXPECT_TRUE(client->heartbeat(hb, &hr).ok());
+    EXPECT_TRUE(hr.all_done());
     v1::ReportRequest rep;
     rep.set_secret(kSecret);
     rep.set_node_id(0);
     rep.set_token(j.token());
-    rep.set_run_id(hr.run().run_id());
+    rep.set_run_id(run);
     rep.set_ok(true);
     rep.add_proc_digests(1);
     rep.add_fs_digests(1);
@@ -790,7 +819,7 @@ TEST(ControllerGrpc, RunOverGrpcWaitsForTheReports) {
   operator_thread.join();
   ASSERT_TRUE(ran.ok()) << ran.to_string();
   EXPECT_TRUE(rr.ok()) << rr.error();
-  EXPECT_EQ(rr.run_id(), hr.run().run_id());
+  EXPECT_EQ(rr.run_id(), hb.run_id());
 }
 
 TEST(ControllerGrpc, StartRefusesBadAddresses) {

@@ -3,6 +3,7 @@
 # network, the gRPC controller with TLS), then
 #   - a machine with a wrong secret is refused (and so is a tool with one);
 #   - `nrx cluster run kv` with writes from every VM: every replica ends with the same digests;
+#   - `nrx cluster run logbench`: every machine applies the same log, the shm/ring ratio is printed;
 #   - a VM's QEMU is SIGKILLed mid-run: the controller fences it within its lease, the others finish
 #     with equal digests, and every log entry the dead machine had applied is on every survivor;
 #   - a region whose header names another cluster is refused by `nrx node --attach`;
@@ -27,7 +28,7 @@ while (($#)); do
     --dir) dir="${2:?--dir needs a directory}"; shift ;;
     --image) image="${2:?--image needs a directory}"; shift ;;
     --vms) vms="${2:?--vms needs a number}"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -83,6 +84,13 @@ grep -q 'has the same digests' <<<"$run1" || die "the digests differ"
 for ((i = 0; i < vms; i++)); do
   grep -Eq " nrx-vm$i +ok +[1-9][0-9]* " <<<"$run1" || die "vm$i made no NR-FS calls"
 done
+
+# 3b. logbench: the shared log's append/exec rate beside a local ring on every machine, and the
+# log applied identically everywhere.
+bench="$(nrx cluster run logbench "${cl[@]}" --seconds 2 --timeout 240)" || die "nrx cluster run logbench failed: $bench"
+printf '%s\n' "$bench"
+grep -q 'has the same digests' <<<"$bench" || die "the machines applied different logs"
+grep -q '^median shm/ring ratio [0-9.]* over '"$vms"' machines' <<<"$bench" || die "logbench printed no ratio"
 
 # 4. Kill a VM mid-run: machine 1 of the run (not machine 0, which formats the region).
 victim="$(nrx cluster status "${cl[@]}" | awk '$1 == 1 {print $2}')"

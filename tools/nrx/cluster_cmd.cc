@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cinttypes>
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include "kernel/boot/programs.h"
 #include "kernel/boot/topology.h"
 #include "tools/nrx/cli.h"
+#include "tools/nrx/logbench.h"
 
 namespace nrx::tools {
 namespace {
@@ -161,6 +163,12 @@ int run_controller(const std::vector<std::string>& args) {
       std::fflush(stdout);
     }
   }
+  // Linger (at most a lease) until every machine heard that the controller stops: they then
+  // leave at once instead of waiting out their lease.
+  const Clock::time_point linger = Clock::now() + o.lease;
+  while (!(*c)->all_told_shutdown() && Clock::now() < linger && !g_stop.load(std::memory_order_relaxed)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the machines' last beats, bounded
+  }
   std::printf("nrx controller: stopping\n");
   return 0;
 }
@@ -211,6 +219,48 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
               order.workload().c_str(), order.machine(), order.machines(), order.format() ? "formatting" : "attaching to");
   std::fflush(stdout);
   agent.set_phase(order.run_id(), v1::PHASE_BOOTING);
+  if (order.workload() == "logbench") {
+    boot::ShmPlacement sp;
+    sp.region = cfg.region;
+    sp.attach = !order.format();
+    sp.machine = order.machine();
+    sp.machines = order.machines();
+    sp.cluster_id = order.region_cluster_id();
+    sp.region_bytes = cfg.region_bytes;
+    if (order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
+    // Machine 0 reports the region formatted once the log is in place and the directory sealed:
+    // only then does the controller let the others attach.
+    Result<LogBenchResult> b = run_logbench(
+        sp, order.seconds(), [&agent] { return agent.lost(); },
+        [&] { agent.set_phase(order.run_id(), v1::PHASE_FORMATTED); });
+    if (!b.ok()) return fail("logbench: " + b.status().to_string());
+    agent.set_phase(order.run_id(), v1::PHASE_DONE);
+    std::printf("nrx node: logbench: shared log %.0f entries/s, local ring %.0f entries/s (ratio %.3f); log digest %s\n",
+                b->shm_ops_per_s, b->ring_ops_per_s, b->shm_ops_per_s / std::max(b->ring_ops_per_s, 1e-9),
+                hex(b->digest).c_str());
+    std::fflush(stdout);
+    if (Status st = agent.wait_all_done(order.run_id(), Clock::now() + std::chrono::minutes(10)); !st.ok()) {
+      return fail("waiting for the other machines: " + st.to_string());
+    }
+    rep.set_ok(true);
+    // Both digest columns carry the log's digest (one per replica, as the report wants).
+    for (uint32_t i = 0; i < agent.joined().replicas_per_node(); ++i) {
+      rep.add_proc_digests(b->digest);
+      rep.add_fs_digests(b->digest);
+    }
+    v1::LogPosition* l = rep.add_logs();
+    l->set_name("logbench");
+    l->set_tail(b->entries);
+    l->set_ltail(b->entries);
+    rep.set_fs_calls(b->appended);
+    rep.set_shm_ops_per_s(b->shm_ops_per_s);
+    rep.set_ring_ops_per_s(b->ring_ops_per_s);
+    rep.set_seconds(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (Status st = agent.report(rep); !st.ok()) std::printf("nrx node: report refused: %s\n", st.to_string().c_str());
+    agent.set_phase(order.run_id(), v1::PHASE_REPORTED);
+    (void)agent.wait_release(order.run_id(), Clock::now() + std::chrono::minutes(5));
+    return rep;
+  }
   boot::KernelOptions ko{.topology = cfg.topology, .cores_per_node = cfg.cores_per_node, .pool_bytes = cfg.pool_bytes};
   ko.log = boot::LogBackend::kShm;
   ko.shm.region = cfg.region;
@@ -219,6 +269,8 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
   ko.shm.machines = order.machines();
   ko.shm.cluster_id = order.region_cluster_id();
   ko.shm.region_bytes = cfg.region_bytes;
+  // The data plane fences by the same lease as the control plane.
+  ko.shm.lease = std::chrono::milliseconds(agent.joined().lease_ms());
   // A /dev/shm file is created by machine 0 for each run: the previous run's goes first.
   if (order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
   Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
@@ -484,7 +536,7 @@ static int cluster_run(const std::vector<std::string>& args) {
                    "Run a workload on every live machine of the cluster: each boots the kernel on a freshly\n"
                    "formatted shared region, runs it with writes from every machine, and reports its replicas'\n"
                    "digests. Exit 0 when every machine's every replica ends with the same digests.\n"
-                   "usage: nrx cluster run [options] WORKLOAD   (demo, kv, fsbench, mapbench)");
+                   "usage: nrx cluster run [options] WORKLOAD   (demo, kv, fsbench, mapbench, logbench)");
   common_access_options(cmd);
   cmd.option("seconds", "S", "how long the workload runs", "3");
   cmd.option("seed", "N", "random seed (machine m uses seed + m)", "1");
@@ -505,7 +557,7 @@ static int cluster_run(const std::vector<std::string>& args) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
-  if (workload.empty()) return cli::fail(cmd, Status::invalid_argument("name a WORKLOAD (demo, kv, fsbench, mapbench)"));
+  if (workload.empty()) return cli::fail(cmd, Status::invalid_argument("name a WORKLOAD (demo, kv, fsbench, mapbench, logbench)"));
   auto seed = cmd.get_u64("seed", 1, 0, UINT64_MAX);
   auto timeout = cmd.get_u64("timeout", 600, 1, 3600);
   if (!seed.ok()) return cli::fail(cmd, seed.status());
@@ -544,6 +596,24 @@ static int cluster_run(const std::vector<std::string>& args) {
   }
   std::printf("run %" PRIu64 ": %s in %.1f s; every replica on every reporting machine %s\n", r.run_id(),
               r.ok() ? "OK" : "FAILED", r.seconds(), r.digests_equal() ? "has the same digests" : "does NOT agree");
+  if (workload == "logbench") {
+    std::vector<double> ratios;
+    std::printf("\nlogbench: append+exec, 32-byte entries in batches of 8, entries/s per machine\n");
+    std::printf("%-8s %-16s %14s %14s %10s\n", "machine", "host", "shared log", "local ring", "shm/ring");
+    for (const v1::MachineResult& m : r.machines()) {
+      if (m.outcome() != "ok") continue;
+      const double ratio = m.shm_ops_per_s() / std::max(m.ring_ops_per_s(), 1e-9);
+      ratios.push_back(ratio);
+      std::printf("%-8u %-16s %14.0f %14.0f %10.3f\n", m.machine(), m.hostname().c_str(), m.shm_ops_per_s(),
+                  m.ring_ops_per_s(), ratio);
+    }
+    if (!ratios.empty()) {
+      std::sort(ratios.begin(), ratios.end());
+      std::printf("median shm/ring ratio %.3f over %zu machines\n", ratios[ratios.size() / 2], ratios.size());
+    }
+    std::printf("note: inside QEMU (TCG) absolute rates measure the emulator, not the hardware; compare ratios.\n"
+                "      The shared log is appended to by every machine at once; the ring by this machine alone.\n");
+  }
   if (r.fenced_entries() != "none fenced") {
     std::printf("fenced machines' applied log entries on every survivor: %s\n", r.fenced_entries().c_str());
   }
@@ -614,7 +684,7 @@ int run_cluster(const std::vector<std::string>& args) {
       "commands:\n"
       "  up        start N VMs on one shared memory and a private network, the controller on the host,\n"
       "            and an `nrx node` in every VM; returns once every machine joined (deploy/cluster.sh)\n"
-      "  run W     run workload W (demo, kv, fsbench, mapbench) on every machine; check the digests\n"
+      "  run W     run workload W (demo, kv, fsbench, mapbench, logbench) on every machine; check digests\n"
       "  status    machines, replicas, heartbeats, log positions and lag\n"
       "  down      stop the machines, the controller and the VMs; remove the shared memory\n"
       "  init DIR  make a cluster directory: secret and TLS certificates (OpenSSL)\n"
