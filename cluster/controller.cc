@@ -153,7 +153,8 @@ void Controller::update_run_locked() {
   Run& run = runs_[current_run_];
   if (run.ended) return;
   const uint32_t m0 = run.machines.front();
-  if (!run.formatted && (!live_locked(m0) || run.reports.count(m0) != 0 || !run.error.empty())) {
+  const bool m0_failed = run.reports.count(m0) != 0 && !run.reports.at(m0).ok();
+  if (!run.formatted && (!live_locked(m0) || m0_failed || !run.error.empty())) {
     // Nobody else can start: the others attach only to a region machine 0 formatted.
     if (run.error.empty()) {
       run.error = live_locked(m0) ? "machine 0 (node " + std::to_string(m0) + ") failed before it formatted the region"
@@ -187,6 +188,15 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
     reply->set_verdict(v1::HeartbeatReply::VERDICT_FENCED);
     return Status::ok_status();
   }
+  // The run this machine works on, or (none yet) the current one if it takes part in it. Checked
+  // before the lease is renewed: a refused beat renews nothing (the agent counts it as failed too).
+  const uint64_t rid = request.run_id() != 0 ? request.run_id() : current_run_;
+  auto it = runs_.find(rid);
+  if (rid != 0 && it == runs_.end()) return Status::invalid_argument("no run " + std::to_string(rid));
+  if (rid != 0 && request.run_id() != 0 &&
+      std::find(it->second.machines.begin(), it->second.machines.end(), n->id) == it->second.machines.end()) {
+    return Status::invalid_argument("this machine takes no part in run " + std::to_string(rid));
+  }
   n->last_beat = options_.now();
   n->phase = request.phase();
   n->fs_calls = request.fs_calls();
@@ -194,17 +204,10 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
   n->error = request.error();
   n->run_id = request.run_id();
   reply->set_verdict(v1::HeartbeatReply::VERDICT_OK);
-  // The run this machine works on, or (none yet) the current one if it takes part in it.
-  const uint64_t rid = request.run_id() != 0 ? request.run_id() : current_run_;
-  auto it = runs_.find(rid);
   if (rid == 0) return Status::ok_status();
-  if (it == runs_.end()) return Status::invalid_argument("no run " + std::to_string(rid));
   Run& run = it->second;
   const auto pos = std::find(run.machines.begin(), run.machines.end(), n->id);
-  if (pos == run.machines.end()) {
-    if (request.run_id() != 0) return Status::invalid_argument("this machine takes no part in run " + std::to_string(rid));
-    return Status::ok_status();  // joined after the current run started: it waits for the next
-  }
+  if (pos == run.machines.end()) return Status::ok_status();  // joined after the run started: waits for the next
   const uint32_t machine = static_cast<uint32_t>(pos - run.machines.begin());
   if (request.run_id() == rid && request.phase() > run.phase[n->id]) run.phase[n->id] = request.phase();
   if (machine == 0 && request.run_id() == rid && request.phase() >= v1::PHASE_FORMATTED &&
@@ -262,6 +265,7 @@ Status Controller::report(const v1::ReportRequest& request, v1::ReportReply*) {
                                     std::to_string(replicas_per_node_) + ")");
   }
   n->last_beat = options_.now();
+  if (request.ok() && n->id == run.machines.front()) run.formatted = true;  // it booted on its region
   run.reports[n->id] = request;
   run.phase[n->id] = request.ok() ? v1::PHASE_REPORTED : v1::PHASE_FAILED;
   update_run_locked();
@@ -390,7 +394,7 @@ Status Controller::wait_run(uint64_t run_id, Clock::time_point deadline, v1::Run
   if (runs_.count(run_id) == 0) return Status::not_found("no run " + std::to_string(run_id));
   for (;;) {
     Run& run = runs_[run_id];
-    if (run.ended || shutdown_) break;
+    if (run.ended || run.abandoned || shutdown_) break;
     if (Clock::now() >= deadline) {
       run.abandoned = true;
       run.error = "the run did not end in time";

@@ -63,8 +63,8 @@ struct ControllerOptions {
 
 class Controller {
  public:
-  // Errors: kInvalidArgument (secret too short, expected_nodes 0 or above kMaxReplicas, lease not
-  // above 2 heartbeats).
+  // Errors: kInvalidArgument (secret too short, expected_nodes 0 or above kMaxReplicas, lease below
+  // 2 heartbeats).
   static Result<std::unique_ptr<Controller>> create(ControllerOptions options);
 
   // The RPCs (server.h maps each onto the gRPC method of the same name). Every one checks the
