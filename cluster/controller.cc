@@ -90,7 +90,12 @@ Status Controller::join(const v1::JoinRequest& request, v1::JoinReply* reply) {
       return Status::invalid_argument("transports: a shm transport needs an absolute path");
     }
     if (tr.bytes() < (uint64_t{4} << 20)) return Status::invalid_argument("transports: a shm region of at least 4 MiB");
+    if (!tr.coherence().empty() && tr.coherence() != "coherent" && tr.coherence() != "noncoherent") {
+      return Status::invalid_argument("transports: coherence must be coherent or noncoherent");
+    }
   }
+  const std::string coherence =
+      request.transports(0).coherence().empty() ? "coherent" : request.transports(0).coherence();
   MutexLock lock(mu_);
   if (shutdown_) return Status::unavailable("the controller is shutting down");
   const uint32_t live = static_cast<uint32_t>(
@@ -105,6 +110,11 @@ Status Controller::join(const v1::JoinRequest& request, v1::JoinReply* reply) {
                                     std::to_string(replicas_per_node_) + " replicas (NUMA nodes); this one has " +
                                     std::to_string(t.nodes()) + " (use nrx node --nodes " +
                                     std::to_string(replicas_per_node_) + ")");
+  }
+  if (coherence_.empty()) coherence_ = coherence;
+  if (coherence != coherence_) {
+    return Status::invalid_argument("coherence mismatch: this cluster's shared memory is " + coherence_ +
+                                    ", this machine's is " + coherence);
   }
   if (uint64_t{nodes_.size() + 1} * replicas_per_node_ > kMaxReplicas) {
     return Status::resource_exhausted("no replica ids left (" + std::to_string(kMaxReplicas) + " at most)");
@@ -227,6 +237,7 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
     o->set_region_cluster_id(run.region_cluster_id);
     o->set_seconds(run.request.seconds());
     o->set_seed(run.request.seed());
+    o->set_noncoherent(coherence_ == "noncoherent");
   }
   bool all_done = true;
   for (uint32_t id : run.machines) {
@@ -299,6 +310,10 @@ Result<uint64_t> Controller::start_run(const v1::RunRequest& request) {
     if (!n.fenced) run.machines.push_back(n.id);
   }
   if (run.machines.empty()) return Status::failed_precondition("no live machine");
+  if (coherence_ == "noncoherent" && request.workload() != "logbench") {
+    return Status::failed_precondition("this cluster's shared memory is noncoherent (CXL): only logbench runs on it; "
+                                       "the kernel's logs run in coherent mode only (use --shm ivshmem)");
+  }
   // Every run formats a fresh region: a cluster id of its own keeps a machine from attaching to
   // the previous run's directory.
   run.region_cluster_id = (options_.cluster_id ^ (run.id * 0x9e3779b97f4a7c15ull)) | 1;

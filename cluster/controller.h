@@ -80,7 +80,8 @@ class Controller {
   //   kInvalidArgument for digests whose count is not replicas_per_node.
   Status report(const v1::ReportRequest& request, v1::ReportReply* reply);
   // start_run: kInvalidArgument (unknown workload, seconds outside (0, 3600]), kFailedPrecondition
-  //   (a run is still going on, fewer machines joined than expected, none live).
+  //   (a run is still going on, fewer machines joined than expected, none live; a kernel workload
+  //   on a noncoherent cluster: the kernel's logs run coherent only, logbench runs on both).
   Result<uint64_t> start_run(const v1::RunRequest& request);
   // Waits for |run_id| to end (every live machine reported, or machine 0 fenced before it
   // formatted) or |deadline|, and describes it. Errors: kNotFound (no such run),
@@ -145,6 +146,7 @@ class Controller {
   std::condition_variable_any changed_;
   std::vector<Node> nodes_ NRX_GUARDED_BY(mu_);
   uint32_t replicas_per_node_ NRX_GUARDED_BY(mu_) = 0;  // set by the first join
+  std::string coherence_ NRX_GUARDED_BY(mu_);            // likewise
   std::map<uint64_t, Run> runs_ NRX_GUARDED_BY(mu_);
   uint64_t current_run_ NRX_GUARDED_BY(mu_) = 0;  // 0: none going on
   uint64_t next_run_ NRX_GUARDED_BY(mu_) = 1;

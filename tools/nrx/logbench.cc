@@ -78,8 +78,10 @@ logs::LogOptions options(uint32_t machines) {
 
 }  // namespace
 
-Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, double seconds, const std::function<bool()>& lost,
-                                    const std::function<void()>& formatted) {
+Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, bool noncoherent, double seconds,
+                                    const std::function<bool()>& lost, const std::function<void()>& formatted,
+                                    const std::function<Status()>& before_close) {
+  const logs::ShmMode mode = noncoherent ? logs::ShmMode::kNoncoherent : logs::ShmMode::kCoherent;
   LogBenchResult out;
   // The baseline first, on every machine at about the same time (they all start on the same order).
   {
@@ -93,7 +95,7 @@ Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, double seconds
   }
   NRX_ASSIGN_OR_RETURN(boot::SharedRegion region, boot::open_shared_region(sp));
   const logs::LogOptions lo = options(sp.machines);
-  const logs::ShmOptions so{.cluster_id = sp.cluster_id, .keep_alive = region.region};
+  const logs::ShmOptions so{.mode = mode, .cluster_id = sp.cluster_id, .keep_alive = region.region, .lease = sp.lease};
   const uint64_t bytes = logs::ShmLog::region_bytes(lo, so);
   if (bytes == 0) return Status::internal("no shm log fits the logbench options");
   std::unique_ptr<logs::ShmLog> log;
@@ -105,10 +107,11 @@ Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, double seconds
   } else {
     NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, region.directory->find("logbench"));
     NRX_ASSIGN_OR_RETURN(log, logs::ShmLog::attach(at, {.cluster_id = sp.cluster_id,
-                                                        .mode = logs::ShmMode::kCoherent,
+                                                        .mode = mode,
                                                         .client = sp.machine,
                                                         .full_timeout = lo.full_timeout,
-                                                        .keep_alive = region.region}));
+                                                        .keep_alive = region.region,
+                                                        .lease = sp.lease}));
   }
   NRX_ASSIGN_OR_RETURN(logs::ReplicaId me, log->register_replica());
   // Every machine's replica must be on the log before anyone appends (no state transfer).
@@ -144,6 +147,7 @@ Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, double seconds
   out.digest = digest;
   out.entries = log->tail();
   out.appended = n;
+  NRX_RETURN_IF_ERROR(before_close());
   return out;
 }
 
