@@ -38,7 +38,7 @@
 
 namespace nrx::cluster {
 
-namespace v1 = ::nrx::cluster::v1;
+// v1 (the generated protocol types) is nrx::cluster::v1: usable here unqualified.
 using Clock = std::chrono::steady_clock;
 
 // The protocol version JoinRequest::protocol must carry.

@@ -5,13 +5,14 @@
 #   OUT/vmlinux           the uncompressed Debian kernel, booted through its PVH entry (about 3 s
 #                         faster under TCG than the bzImage, see /work/shared/notes/qemu.md)
 #   OUT/initramfs.cpio    busybox-static, kmod's modprobe, the kernel modules the cluster needs, the
-#                         nrx binaries with their shared libraries, and an /init that configures
+#                         nrx binaries with their shared libraries, the CXL tools (cxl and ndctl
+#                         from Debian's ndctl, for vm.sh --shm cxl), and an /init that configures
 #                         eth0 when the environment has NRX_IP, runs the script QEMU passes through
 #                         fw_cfg (opt/nrx/script), prints `NRX-EXIT <rc>` on the console and
 #                         powers off.
 # The kernel is downloaded once (OUT/kernel/<version>/, with its modules); the initramfs is rebuilt
-# whenever one of its inputs changes (a binary's contents, busybox, kmod, the module list, this
-# script), judged by a SHA-256 stamp, so `vm.sh up` can call this every time at ~0.2 s.
+# whenever one of its inputs changes (a binary's contents, busybox, kmod, cxl/ndctl, the module
+# list, this script), judged by a SHA-256 stamp, so `vm.sh up` can call this every time at ~0.2 s.
 #
 # Usage example:
 #   deploy/image.sh                          # build or refresh build/guest/ for build/bin/nrx
@@ -46,14 +47,18 @@ options:
   --refresh-kernel    download and extract the kernel again
   -h, --help          this text
 
-Needs (Debian 12): apt-get, dpkg, busybox-static, kmod, cpio, xz-utils; root is not needed
-(except to apt-get install missing packages). The kernel comes from the versioned package that
+Needs (Debian 12): apt-get, dpkg, busybox-static, kmod, cpio, xz-utils; ndctl for the CXL tools
+(without it the image is built without them, with a warning, and `vm.sh --shm cxl` refuses to
+start); root is not needed (except to apt-get install missing packages). The kernel comes from the versioned package that
 `apt-cache depends linux-image-amd64` names.
 
 Modules always included: qemu_fw_cfg (the script channel), virtio_pci and virtio_net (the NIC of
 `vm.sh --net private`; Debian builds the virtio PCI transport as a module too) and, for CXL shared
 memory, cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax. ivshmem needs no module
 (the guest uses /sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core).
+
+Binaries always included when the host has them (package ndctl): /usr/bin/cxl and /usr/bin/ndctl
+with their libraries (what nrx_cxl_dax needs).
 
 The guest's /init: when its environment (opt/nrx/env) has NRX_IP, it loads virtio_pci and
 virtio_net, brings up lo and eth0 and gives eth0 the address NRX_IP/24 (busybox ip) before it
@@ -65,6 +70,12 @@ Guest helpers installed in /usr/bin:
                                  write() on it fail with EIO), or with --phys its physical address
   nrx_ivshmem_poke OFFSET STRING [N]   write a short string into the shared memory (busybox devmem)
   nrx_ivshmem_peek OFFSET LEN [N]      print it back (stops at the first NUL)
+  nrx_cxl_dax [--phys]           (vm.sh --shm cxl) load the CXL/nvdimm/dax modules, create the pmem
+                                 region and a devdax namespace on the CXL type-3 device unless
+                                 /dev/dax0.0 exists already (idempotent), print /dev/dax0.0 (mmap
+                                 it MAP_SHARED, 2 MiB aligned), or with --phys its physical start
+                                 address (for busybox devmem; vm.sh boots with iomem=relaxed
+                                 nopat, without which devmem's mmap fails)
 USAGE
 }
 
@@ -137,6 +148,16 @@ fi
 kmod_bin="$(realpath "$(command -v kmod || echo /bin/kmod)")"
 [[ -x "$kmod_bin" ]] || die "kmod not found; install it with: apt-get install kmod"
 [[ "$compress" != zstd ]] || need zstd zstd
+# The CXL tools of the guest (nrx_cxl_dax): Debian's ndctl ships both /usr/bin/cxl and /usr/bin/ndctl.
+cxl_tools=()
+for t in cxl ndctl; do
+  p="$(command -v "$t" || true)"
+  [[ -n "$p" ]] && cxl_tools+=("$(realpath "$p")")
+done
+if ((${#cxl_tools[@]} < 2)); then
+  say "warning: 'cxl' or 'ndctl' not found: the image gets no CXL tools (vm.sh --shm cxl needs them: apt-get install ndctl)"
+  cxl_tools=()
+fi
 
 mkdir -p "$out" || die "cannot create $out"
 out="$(realpath "$out")"
@@ -234,7 +255,7 @@ case "$compress" in gzip) initramfs="$out/initramfs.cpio.gz" ;; zstd) initramfs=
 stamp="$( {
   echo "kernel $kernel_version strip $strip compress $compress"
   echo "modules ${modules[*]}"
-  sha256sum "$self" "$busybox_bin" "$kmod_bin" "${bin_files[@]}"
+  sha256sum "$self" "$busybox_bin" "$kmod_bin" "${cxl_tools[@]}" "${bin_files[@]}"
 } | sha256sum | cut -d' ' -f1)"
 
 if ((rebuild == 0)) && [[ -f "$initramfs" && "$(cat "$out/initramfs.stamp" 2>/dev/null)" == "$stamp" ]]; then
@@ -290,6 +311,11 @@ else
     fi
     copy_libs "$f"
   done
+  # The CXL tools (cxl create-region, ndctl create-namespace), unstripped as Debian ships them.
+  for f in "${cxl_tools[@]}"; do
+    cp "$f" "$stage/usr/bin/$(basename "$f")"
+    copy_libs "$f"
+  done
   # libgcc_s is dlopen'ed by glibc for pthread_cancel and unwinding even where ldd does not list it.
   # awk reads to the end: exiting at the first match would SIGPIPE ldconfig once its cache outgrows
   # a pipe buffer, and under pipefail that fails this assignment (and the script, silently).
@@ -299,10 +325,12 @@ else
   printf '%s\n' /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib /usr/lib >"$stage/etc/ld.so.conf"
   ldconfig -r "$stage" 2>/dev/null || say "warning: ldconfig -r failed; the guest loader uses its default paths"
 
-  # Kernel modules with their dependencies, as modprobe itself resolves them.
+  # Kernel modules with their dependencies, as modprobe itself resolves them. -C /dev/null: not the
+  # host's /etc/modprobe.d, whose `install` rules would hide modules (ndctl's nvdimm-security.conf
+  # turns libnvdimm into an `install` line, and cxl_pmem, nd_pmem, dax_pmem would lack it).
   mroot="$kdir/lib/modules/$kernel_version"
   for m in "${modules[@]}"; do
-    deps="$(modprobe -d "$kdir" -S "$kernel_version" --show-depends "$m" 2>&1)" \
+    deps="$(modprobe -C /dev/null -d "$kdir" -S "$kernel_version" --show-depends "$m" 2>&1)" \
       || die "module $m: $deps"
     while read -r kind path _; do
       [[ "$kind" == insmod ]] || continue
@@ -368,6 +396,66 @@ while [ "$addr" -lt "$end" ]; do
 done
 HELPER
   chmod 755 "$stage/usr/bin/nrx_ivshmem_bar" "$stage/usr/bin/nrx_ivshmem_poke" "$stage/usr/bin/nrx_ivshmem_peek"
+
+  # Guest helper of vm.sh --shm cxl: turn the CXL type-3 (pmem) device into /dev/dax0.0. The steps
+  # and why `-M mem` (the page map in RAM, not in the file the VMs share) are in the notes.
+  cat >"$stage/usr/bin/nrx_cxl_dax" <<'HELPER'
+#!/bin/sh
+# nrx_cxl_dax [--phys]: make the CXL type-3 device's memory a device-dax (idempotent: only when
+# /dev/dax0.0 does not exist yet): load cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem
+# device_dax, `cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0`, `ndctl create-namespace -r
+# region0 -m devdax -M mem -a 4096 -f`. Prints /dev/dax0.0 (mmap it MAP_SHARED, offset and length
+# 2 MiB aligned), or with --phys the physical address where its data starts (busybox devmem; the
+# kernel command line needs iomem=relaxed nopat, which vm.sh --shm cxl sets: device_dax claims the
+# range and maps it write-back). Its data starts 2 MiB into the host's shm file. Exit 1 with the
+# failing step's output.
+phys=0
+[ "${1:-}" = --phys ] && phys=1
+dev=/dev/dax0.0; sysdax=/sys/bus/dax/devices/dax0.0
+fail() { echo "nrx_cxl_dax: $*" >&2; [ -s /run/nrx_cxl_dax.log ] && sed 's/^/  /' /run/nrx_cxl_dax.log >&2; exit 1; }
+wait_for() {  # PATH TENTHS: wait until PATH exists
+  n=0
+  while [ ! -e "$1" ] && [ "$n" -lt "$2" ]; do sleep 0.1; n=$((n + 1)); done
+  [ -e "$1" ]
+}
+if [ ! -e "$dev" ]; then
+  # One set-up at a time (busybox has no flock): a lock directory, removed on exit.
+  n=0
+  until mkdir /run/nrx_cxl_dax.lock 2>/dev/null; do
+    [ "$n" -lt 1200 ] || fail "another nrx_cxl_dax holds /run/nrx_cxl_dax.lock for 120 s"
+    sleep 0.1; n=$((n + 1))
+  done
+  trap 'rmdir /run/nrx_cxl_dax.lock 2>/dev/null' EXIT
+  if [ ! -e "$dev" ]; then
+    command -v cxl >/dev/null && command -v ndctl >/dev/null \
+      || fail "no cxl/ndctl in the image (install ndctl on the host and rebuild it with deploy/image.sh)"
+    : >/run/nrx_cxl_dax.log
+    modprobe -a cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax >>/run/nrx_cxl_dax.log 2>&1 \
+      || fail "modprobe of the CXL/dax modules failed"
+    # The drivers probe asynchronously: wait for the memdev's endpoint and the root decoder.
+    wait_for /sys/bus/cxl/devices/mem0 300 || fail "no CXL memdev mem0 (QEMU without cxl-type3, or not --shm cxl?)"
+    wait_for /sys/bus/cxl/devices/decoder0.0 300 || fail "no CXL root decoder decoder0.0 (cxl_acpi: no CFMWS window?)"
+    wait_for /sys/bus/cxl/devices/mem0/driver 300 || fail "cxl_mem did not bind mem0"
+    wait_for /sys/bus/cxl/devices/pmem0/driver 300 || fail "cxl_pmem did not bind pmem0"
+    if [ ! -e /sys/bus/nd/devices/region0 ]; then
+      cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0 >>/run/nrx_cxl_dax.log 2>&1 \
+        || fail "cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0 failed"
+      wait_for /sys/bus/nd/devices/region0 300 || fail "no nvdimm region0 after cxl create-region"
+    fi
+    ndctl create-namespace -r region0 -m devdax -M mem -a 4096 -f >>/run/nrx_cxl_dax.log 2>&1 \
+      || fail "ndctl create-namespace -r region0 -m devdax -M mem -a 4096 -f failed"
+    wait_for "$dev" 300 || fail "no $dev after ndctl create-namespace"
+  fi
+  rmdir /run/nrx_cxl_dax.lock; trap - EXIT
+fi
+if [ "$phys" = 1 ]; then
+  [ -r "$sysdax/resource" ] || fail "$sysdax/resource is missing"
+  printf '0x%x\n' "$(cat "$sysdax/resource")"
+else
+  echo "$dev"
+fi
+HELPER
+  chmod 755 "$stage/usr/bin/nrx_cxl_dax"
 
   # /init: mount the basics, load qemu_fw_cfg, read the environment (opt/nrx/env) and the script
   # (opt/nrx/script) QEMU passes, configure eth0 when the environment has NRX_IP (vm.sh --net

@@ -7,8 +7,11 @@
 # `NRX-EXIT <rc>` on its serial console and powers off. All VMs map the same host file as their
 # shared memory: with --shm ivshmem, a /dev/shm file behind an ivshmem-plain PCI device (coherent,
 # cross-VM atomics exact when -smp maxcpus >= 2, which this script always sets; see
-# /work/shared/notes/qemu.md). The run directory records what `down` needs (PIDs, the shm file,
-# the network namespace), so `up`, `wait` and `down` can be separate commands.
+# /work/shared/notes/qemu.md); with --shm cxl, the same kind of file as the memory of a CXL type-3
+# (persistent-memory) device on each VM's CXL host bridge (loads and stores shared, cross-VM
+# atomics NOT atomic; each VM gets its own fresh label-storage file). The run directory records
+# what `down` needs (PIDs, the shm file, the LSA files, the network namespace), so `up`, `wait` and
+# `down` can be separate commands.
 #
 # With --net private (the default) the VMs and the host also share a private network: a network
 # namespace per run directory holds a bridge (10.77.0.1/24, the host's side) and one tap per VM;
@@ -44,7 +47,7 @@ commands:
   wait      wait until every VM printed NRX-EXIT <rc> (or its QEMU died, or --timeout); print
             `vmI: exit RC` per VM on stdout; exit 0 only if every VM exited 0
   down      stop every QEMU by its recorded PID (TERM, then KILL after 5 s), remove the shm file,
-            the network namespace and the run files; consoles and QEMU logs stay (--purge removes
+            the CXL label-storage files, the network namespace and the run files; consoles and QEMU logs stay (--purge removes
             the directory)
   run       up + wait + down; cleans up on failure, Ctrl-C and TERM; exit status of wait
   status    print each VM's state (running / exit RC / dead), the shm file and the namespace
@@ -58,9 +61,23 @@ options (up, run):
   --script FILE       the script every VM runs (with sh, busybox userland)
   --script-for I FILE the script VM I runs (repeatable; overrides --script for that VM)
   --env KEY=VALUE     one more variable for every VM's script environment (repeatable)
-  --shm KIND          shared memory between the VMs: ivshmem (default) or none
-                      (cxl, a CXL type-3 device, is planned: same options, same run directory)
-  --shm-mb MB         size of the shared memory in MiB, a power of two (default 256)
+  --shm KIND          shared memory between the VMs: ivshmem (default), cxl or none.
+                      ivshmem: an ivshmem-plain PCI device on a /dev/shm file; coherent, cross-VM
+                      atomics exact (65-85 ns per access under TCG).
+                      cxl: the same kind of /dev/shm file as the memory of a CXL type-3 pmem device
+                      (QEMU 7.2): every VM gets -machine q35,cxl=on, a pxb-cxl host bridge with
+                      two root ports (the second stays empty: with one, reads return 0 and writes
+                      vanish), the cxl-type3 device, its own fresh label-storage file (DIR/vmI.lsa,
+                      1 MiB) and a 4 GiB fixed memory window (or --shm-mb, if larger); the kernel
+                      command line gets iomem=relaxed nopat (for devmem on the dax range). In the
+                      guest, nrx_cxl_dax (below) makes it /dev/dax0.0. Loads and stores are shared
+                      VM<->VM<->host but cross-VM atomics are NOT atomic (QEMU emulates the window
+                      as MMIO: a locked read-modify-write is atomic only inside one QEMU), about
+                      350-775 ns per access; the dax data starts 2 MiB into the host file
+                      (SHM_DATA_OFFSET in DIR/cluster.env), so it has --shm-mb - 2 MiB.
+                      Needs ndctl on the host (the image's cxl and ndctl tools).
+  --shm-mb MB         size of the shared memory in MiB (default 256): ivshmem a power of two (a
+                      PCI BAR), cxl a multiple of 256 (the CXL decoder granularity)
   --net KIND          network: private (default) or none. private (needs root, iproute2 and
                       /dev/net/tun): a network namespace nrx-<8 hex of a hash of DIR> (NETNS in
                       DIR/cluster.env) with lo, a bridge br0 at 10.77.0.1/24 (the host's side) and
@@ -75,15 +92,15 @@ options (up, run):
   --bin PATH          binary for the guest's /usr/bin, passed to image.sh (repeatable; default
                       build/bin/nrx)
   --no-image-build    use the image in --image as it is (do not call image.sh)
-  --append ARGS       extra kernel command-line arguments
+  --append ARGS       extra kernel command-line arguments (--shm cxl adds iomem=relaxed nopat)
   --qemu-arg ARG      one more QEMU argument for every VM (repeatable)
   --boot-timeout S    seconds `up` waits for every guest to boot (default 120)
 options (wait, run):
   --timeout S         seconds `wait` waits for every NRX-EXIT (default 600)
 options (all):
   --dir DIR           run directory (default build/cluster/run): vmI.console (serial console),
-                      vmI.qemu.log, vmI.pid, vmI.script, vmI.env, cluster.env (VMS, SHM, SHM_PATH,
-                      NET, NETNS, ...)
+                      vmI.qemu.log, vmI.pid, vmI.script, vmI.env, vmI.lsa (--shm cxl), cluster.env
+                      (VMS, SHM, SHM_PATH, SHM_DATA_OFFSET, NET, NETNS, ...)
   --purge             (down, run) remove the run directory too, consoles included
   -h, --help          this text
 
@@ -97,6 +114,13 @@ With --shm ivshmem:
   PHYS=$(nrx_ivshmem_bar --phys)  # its physical address: `devmem $PHYS 64 [VALUE]` (busybox)
   nrx_ivshmem_poke 0 hello; nrx_ivshmem_peek 0 5     # short strings through /dev/mem
 (read()/write() on resource2 fail with EIO: the kernel only supports mmap on memory BARs.)
+With --shm cxl:
+  DAX=$(nrx_cxl_dax)              # /dev/dax0.0: mmap it MAP_SHARED (2 MiB-aligned offset/length)
+  PHYS=$(nrx_cxl_dax --phys)      # physical start of its data: `devmem $PHYS 64 [VALUE]`
+(nrx_cxl_dax loads cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax and runs, once,
+`cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0` and `ndctl create-namespace -r region0
+-m devdax -M mem -a 4096 -f`; about 1-2 s under TCG. Byte N of the dax device is byte
+SHM_DATA_OFFSET + N = 2 MiB + N of the host file. No cross-VM atomics: single-writer slots.)
 The host sees the same bytes in the shm file (its path is SHM_PATH in DIR/cluster.env).
 
 exit status: 0 success, 1 a VM failed or timed out, 2 bad usage or set-up error.
@@ -192,27 +216,44 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Shared-memory backends. Each kind has set-up (host side, once), QEMU arguments (per VM) and
-# tear-down; `cxl` will add its own three (a shared memdev, a fresh LSA file per VM, pxb-cxl with
-# two root ports, and the guest's cxl/ndctl steps) without changing the commands.
+# tear-down. ivshmem: one /dev/shm file behind an ivshmem-plain device. cxl: the same file as a CXL
+# type-3 device's memory, plus a fresh label-storage (LSA) file per VM in the run directory (a
+# reused one makes the guest's namespace creation fail with ENOSPC); the guest's nrx_cxl_dax does
+# the cxl/ndctl steps. Measured set-up and limits: /work/shared/notes/qemu.md, "CXL type-3".
+cxl_lsa_size=1M         # label storage per VM (namespace labels; QEMU's examples use 256M, 1M suffices)
+cxl_data_offset=2097152 # the devdax data starts 2 MiB into the namespace = the host file (-M mem)
 shm_validate() {
   case "$shm" in
     ivshmem)
       need_uint --shm-mb "$shm_mb" 1
       (((shm_mb & (shm_mb - 1)) == 0)) || die "--shm-mb: $shm_mb is not a power of two (a PCI BAR's size must be one)" ;;
+    cxl)
+      need_uint --shm-mb "$shm_mb" 256
+      ((shm_mb % 256 == 0)) || die "--shm-mb: $shm_mb is not a multiple of 256 (the CXL HDM decoder granularity)"
+      if ((image_build)) && ! { command -v cxl && command -v ndctl; } >/dev/null; then
+        die "--shm cxl: the guest image needs the host's 'cxl' and 'ndctl' tools: apt-get install ndctl"
+      fi ;;
     none) ;;
-    cxl) die "--shm cxl is not implemented yet (use ivshmem)" ;;
-    *) die "--shm: unknown kind '$shm' (ivshmem or none)" ;;
+    *) die "--shm: unknown kind '$shm' (ivshmem, cxl or none)" ;;
   esac
 }
-shm_setup() {  # sets SHM_PATH
-  SHM_PATH=""
-  [[ "$shm" == ivshmem ]] || return 0
-  local avail_mb
+shm_setup() {  # sets SHM_PATH, SHM_DATA_OFFSET; cxl: creates DIR/vmI.lsa
+  SHM_PATH=""; SHM_DATA_OFFSET=""
+  [[ "$shm" == ivshmem || "$shm" == cxl ]] || return 0
+  local avail_mb i
   avail_mb=$(($(df -Pk /dev/shm | awk 'NR == 2 { print $4 }') / 1024))
   ((avail_mb > shm_mb)) || die "/dev/shm has $avail_mb MiB free, --shm-mb asks for $shm_mb"
   SHM_PATH="$(mktemp /dev/shm/nrx-cluster-XXXXXXXX)" || die "cannot create a file in /dev/shm"
   truncate -s "${shm_mb}M" "$SHM_PATH"
   echo "$SHM_PATH" >"$dir/shm.path"
+  SHM_DATA_OFFSET=0
+  if [[ "$shm" == cxl ]]; then
+    SHM_DATA_OFFSET=$cxl_data_offset
+    for ((i = 0; i < vms; i++)); do
+      rm -f "$dir/vm$i.lsa"       # fresh: never a label area another boot already wrote
+      truncate -s "$cxl_lsa_size" "$dir/vm$i.lsa" || die "cannot create the label-storage file $dir/vm$i.lsa"
+    done
+  fi
 }
 shm_qemu_args() {  # VM index -> appends to qemu_args
   case "$shm" in
@@ -220,6 +261,18 @@ shm_qemu_args() {  # VM index -> appends to qemu_args
       # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
       qemu_args+=(-object "memory-backend-file,id=nrxshm,share=on,mem-path=$SHM_PATH,size=${shm_mb}M"
                   -device ivshmem-plain,memdev=nrxshm) ;;
+    cxl)
+      # -machine q35,cxl=on comes from machine_args. The second root port stays empty on purpose
+      # (QEMU 7.2 + Linux 6.1: with a single port reads return 0 and writes vanish).
+      local fmw_mb=$((shm_mb > 4096 ? shm_mb : 4096))
+      # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
+      qemu_args+=(-object "memory-backend-file,id=cxl-mem0,share=on,mem-path=$SHM_PATH,size=${shm_mb}M"
+                  -object "memory-backend-file,id=cxl-lsa0,share=on,mem-path=$dir/vm$1.lsa,size=$cxl_lsa_size"
+                  -device pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1
+                  -device cxl-rp,port=0,bus=cxl.1,id=root_port13,chassis=0,slot=2
+                  -device cxl-rp,port=1,bus=cxl.1,id=root_port14,chassis=0,slot=3
+                  -device cxl-type3,bus=root_port13,memdev=cxl-mem0,lsa=cxl-lsa0,id=cxl-pmem0
+                  -M "cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=${fmw_mb}M") ;;
   esac
 }
 shm_teardown() {
@@ -227,7 +280,7 @@ shm_teardown() {
   [[ -f "$dir/shm.path" ]] && p="$(cat "$dir/shm.path")"
   # Only ever a file this script created.
   if [[ "$p" == /dev/shm/nrx-cluster-* && -f "$p" ]]; then rm -f "$p"; fi
-  rm -f "$dir/shm.path"
+  rm -f "$dir/shm.path" "$dir"/vm*.lsa     # the CXL label-storage files (--shm cxl)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -418,14 +471,24 @@ cmd_up() {
   trap 'exit 143' TERM
   shm_setup
   net_setup
-  printf 'VMS=%s\nSHM=%s\nSHM_MB=%s\nSHM_PATH=%s\nNET=%s\nNETNS=%s\nIMAGE=%s\n' \
-    "$vms" "$shm" "$shm_mb" "$SHM_PATH" "$net" "$NETNS" "$image" >"$dir/cluster.env"
+  printf 'VMS=%s\nSHM=%s\nSHM_MB=%s\nSHM_PATH=%s\nSHM_DATA_OFFSET=%s\nNET=%s\nNETNS=%s\nIMAGE=%s\n' \
+    "$vms" "$shm" "$shm_mb" "$SHM_PATH" "$SHM_DATA_OFFSET" "$net" "$NETNS" "$image" >"$dir/cluster.env"
 
   local -a qemu_args launch=() pids=()
   local peers=""
   if [[ "$net" == private ]]; then
     launch=(ip netns exec "$NETNS")
     for ((i = 0; i < vms; i++)); do peers+="${peers:+ }$(net_ip "$i")"; done
+  fi
+  local machine=q35 kappend="$append"
+  if [[ "$shm" == cxl ]]; then
+    machine=q35,cxl=on
+    # busybox devmem on the dax data (`nrx_cxl_dax --phys`) needs both (measured): iomem=relaxed,
+    # because device_dax claims the range and Debian's CONFIG_IO_STRICT_DEVMEM makes /dev/mem refuse
+    # a claimed range (mmap: EPERM); nopat, because device_dax maps it write-back and devmem's
+    # O_SYNC mapping asks for uncached-minus, a PAT conflict (mmap: EAGAIN). /dev/mem read/write
+    # are no way around it: they stop at the end of RAM. Caching modes mean nothing under TCG.
+    kappend="iomem=relaxed nopat${append:+ $append}"
   fi
   local -A t0=()
   for ((i = 0; i < vms; i++)); do
@@ -443,10 +506,10 @@ cmd_up() {
       fi
       for f in "${envs[@]}"; do echo "${f%%=*}=$(sq "${f#*=}")"; done
     } >"$dir/vm$i.env"
-    qemu_args=(qemu-system-x86_64 -name "nrx-vm$i" -nodefaults -machine q35 "${accel_args[@]}"
+    qemu_args=(qemu-system-x86_64 -name "nrx-vm$i" -nodefaults -machine "$machine" "${accel_args[@]}"
                -m "${mem_mb}M" -smp "$smp,maxcpus=$((smp > 2 ? smp : 2))"
                -nographic -serial "file:$dir/vm$i.console" -no-reboot
-               -kernel "$kernel" -initrd "$initramfs" -append "console=ttyS0 quiet panic=-1 $append"
+               -kernel "$kernel" -initrd "$initramfs" -append "console=ttyS0 quiet panic=-1 $kappend"
                -fw_cfg "name=opt/nrx/script,file=$dir/vm$i.script"
                -fw_cfg "name=opt/nrx/env,file=$dir/vm$i.env")
     shm_qemu_args "$i"

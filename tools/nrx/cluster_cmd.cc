@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <google/protobuf/util/json_util.h>
+
 #include "cluster/agent.h"
 #include "cluster/controller.h"
 #include "cluster/server.h"
@@ -522,6 +524,17 @@ static int cluster_status(const std::vector<std::string>& args) {
   if (Status st = (*c)->status(req, &s); !st.ok()) {
     std::fprintf(stderr, "nrx cluster status: %s\n", st.to_string().c_str());
     return 1;
+  }
+  if (cmd.flag_set("json")) {
+    std::string json;
+    google::protobuf::util::JsonPrintOptions jo;
+    jo.always_print_primitive_fields = true;
+    if (!google::protobuf::util::MessageToJsonString(s, &json, jo).ok()) {
+      std::fprintf(stderr, "nrx cluster status: cannot print the answer as JSON\n");
+      return 1;
+    }
+    std::printf("%s\n", json.c_str());
+    return 0;
   }
   std::printf("cluster %s: %d of %u machines joined, lease %u ms, %s; run %" PRIu64 " %s\n",
               hex(s.cluster_id()).c_str(), s.nodes_size(), s.expected_nodes(), s.lease_ms(),
