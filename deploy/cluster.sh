@@ -28,8 +28,10 @@ usage: deploy/cluster.sh up|down|status [options]    (also: nrx cluster up|down 
 
 options:
   --nodes N         machines (VMs), each one kernel with one replica (default 3)
-  --shm KIND        shared memory between the VMs: ivshmem (default; coherent). cxl (the CXL type-3
-                    path, the log's noncoherent mode) is not available yet and is refused
+  --shm KIND        shared memory between the VMs: ivshmem (default; coherent: the kernel runs on
+                    it) or cxl (an emulated CXL type-3 device, /dev/dax0.0 in every guest; loads
+                    and stores are shared, atomics are not: the logs' noncoherent mode. Only
+                    `nrx cluster run logbench` runs on it for now)
   --shm-mb MB       size of the shared region, a power of two (default 512)
   --mem MB          guest RAM (default 512)
   --lease-ms MS     a machine silent this long is fenced (default 6000: TCG guests on a busy host
@@ -93,8 +95,7 @@ is_uint "$lease_ms" && is_uint "$heartbeat_ms" && ((heartbeat_ms > 0 && lease_ms
   die "--lease-ms must be at least twice --heartbeat-ms"
 is_uint "$timeout" || die "--timeout must be a number of seconds"
 case "$shm" in
-  ivshmem) ;;
-  cxl) die "--shm cxl is not available yet: the kernel's logs run in coherent mode only (ivshmem); the CXL type-3 path needs the noncoherent kernel" ;;
+  ivshmem|cxl) ;;
   *) die "--shm must be ivshmem or cxl, not '$shm'" ;;
 esac
 mkdir -p "$dir"
@@ -162,10 +163,16 @@ mkdir -p /tmp/nrx-cluster
 printf '%s\n' "$NRX_SECRET" >/tmp/nrx-cluster/secret
 if [ -n "${NRX_CA_B64:-}" ]; then printf '%s' "$NRX_CA_B64" | base64 -d >/tmp/nrx-cluster/ca.pem; fi
 hostname "nrx-vm$NRX_VM_INDEX"
-bar=$(nrx_ivshmem_bar) || { echo "node: no ivshmem BAR"; exit 1; }
-echo "node: vm $NRX_VM_INDEX at $NRX_IP, region $bar, controller $NRX_CONTROLLER"
-exec nrx node --controller "$NRX_CONTROLLER" --cluster-dir /tmp/nrx-cluster --region "$bar" \
-  --nodes 1 --cores-per-node 1 --memory 64
+if [ "$NRX_SHM" = cxl ]; then
+  region=$(nrx_cxl_dax) || { echo "node: no CXL dax device"; exit 1; }
+  coherence=noncoherent
+else
+  region=$(nrx_ivshmem_bar) || { echo "node: no ivshmem BAR"; exit 1; }
+  coherence=coherent
+fi
+echo "node: vm $NRX_VM_INDEX at $NRX_IP, region $region ($coherence), controller $NRX_CONTROLLER"
+exec nrx node --controller "$NRX_CONTROLLER" --cluster-dir /tmp/nrx-cluster --region "$region" \
+  --coherence "$coherence" --nodes 1 --cores-per-node 1 --memory 64
 GUEST
   trap 'rc=$?; trap - EXIT; if ((rc != 0)); then say "up: failed or interrupted; cleaning up"; cmd_down || true; fi; exit $rc' EXIT
   trap 'exit 130' INT
