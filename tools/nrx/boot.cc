@@ -26,6 +26,17 @@
 #include "tools/nrx/cli.h"
 
 namespace nrx::tools {
+
+// This executable: the ELF image the built-in programs are loaded from (cluster_cmd.cc uses it too).
+Result<std::vector<std::byte>> read_self() {
+  std::ifstream in("/proc/self/exe", std::ios::binary);
+  if (!in) return Status::not_found("cannot open /proc/self/exe");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> out(bytes.size());
+  std::memcpy(out.data(), bytes.data(), bytes.size());
+  return out;
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -59,14 +70,6 @@ bool all_equal(const std::vector<uint64_t>& v) {
   return true;
 }
 
-Result<std::vector<std::byte>> read_self() {
-  std::ifstream in("/proc/self/exe", std::ios::binary);
-  if (!in) return Status::not_found("cannot open /proc/self/exe");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> out(bytes.size());
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  return out;
-}
 
 // Seconds from "--duration": a positive decimal number, at most an hour.
 Result<double> parse_seconds(const cli::Command& cmd, const char* name, double fallback) {

@@ -31,6 +31,9 @@
 #include "tools/nrx/logbench.h"
 
 namespace nrx::tools {
+
+Result<std::vector<std::byte>> read_self();  // boot.cc: this executable, the programs' ELF image
+
 namespace {
 
 namespace v1 = ::nrx::cluster::v1;
@@ -77,6 +80,7 @@ struct Access {
   std::string address;
   std::string secret;
   std::optional<cluster::TlsFiles> tls;
+  std::unique_ptr<cluster::ControllerClient> client;
 };
 
 // --controller and --cluster-dir, with `nrx cluster up`'s defaults (its run directory).
@@ -87,6 +91,7 @@ Result<Access> access_from(const cli::Command& cmd) {
   const std::string cdir = cmd.get("cluster-dir").value_or(run_dir + "/secrets");
   NRX_ASSIGN_OR_RETURN(a.secret, cluster::read_secret(cdir + "/secret"));
   NRX_ASSIGN_OR_RETURN(a.tls, cluster::load_tls(cdir, false));
+  NRX_ASSIGN_OR_RETURN(a.client, cluster::ControllerClient::connect(a.address, a.tls));
   return a;
 }
 
@@ -185,14 +190,6 @@ std::string self_hostname() {
   return h;
 }
 
-Result<std::vector<std::byte>> read_self_image() {
-  std::ifstream in("/proc/self/exe", std::ios::binary);
-  if (!in) return Status::not_found("cannot open /proc/self/exe");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> out(bytes.size());
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  return out;
-}
 
 struct NodeConfig {
   boot::Topology topology;
@@ -430,7 +427,7 @@ int run_node_agent(const std::vector<std::string>& args) {
   if (!secret.ok()) return cli::fail(cmd, secret.status());
   Result<std::optional<cluster::TlsFiles>> tls = cluster::load_tls(cdir, false);
   if (!tls.ok()) return cli::fail(cmd, tls.status());
-  Result<std::vector<std::byte>> image = read_self_image();
+  Result<std::vector<std::byte>> image = read_self();
   if (!image.ok()) {
     std::fprintf(stderr, "nrx node: %s\n", image.status().to_string().c_str());
     return 1;
@@ -516,12 +513,10 @@ static int cluster_status(const std::vector<std::string>& args) {
   }
   Result<Access> a = access_from(cmd);
   if (!a.ok()) return cli::fail(cmd, a.status());
-  Result<std::unique_ptr<cluster::ControllerClient>> c = cluster::ControllerClient::connect(a->address, a->tls);
-  if (!c.ok()) return cli::fail(cmd, c.status());
   v1::StatusRequest req;
   req.set_secret(a->secret);
   v1::StatusReply s;
-  if (Status st = (*c)->status(req, &s); !st.ok()) {
+  if (Status st = a->client->status(req, &s); !st.ok()) {
     std::fprintf(stderr, "nrx cluster status: %s\n", st.to_string().c_str());
     return 1;
   }
@@ -595,8 +590,6 @@ static int cluster_run(const std::vector<std::string>& args) {
   }
   Result<Access> a = access_from(cmd);
   if (!a.ok()) return cli::fail(cmd, a.status());
-  Result<std::unique_ptr<cluster::ControllerClient>> c = cluster::ControllerClient::connect(a->address, a->tls);
-  if (!c.ok()) return cli::fail(cmd, c.status());
   v1::RunRequest req;
   req.set_secret(a->secret);
   req.set_workload(workload);
@@ -606,7 +599,7 @@ static int cluster_run(const std::vector<std::string>& args) {
   std::printf("nrx cluster run: %s for %.1f s on every live machine ...\n", workload.c_str(), secs);
   std::fflush(stdout);
   v1::RunReply r;
-  if (Status st = (*c)->run(req, &r, std::chrono::seconds(*timeout + 5)); !st.ok()) {
+  if (Status st = a->client->run(req, &r, std::chrono::seconds(*timeout + 5)); !st.ok()) {
     std::fprintf(stderr, "nrx cluster run: %s\n", st.to_string().c_str());
     return st.code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
@@ -689,11 +682,9 @@ static int cluster_down_rpc(const std::vector<std::string>& args) {
   }
   Result<Access> a = access_from(cmd);
   if (!a.ok()) return cli::fail(cmd, a.status());
-  Result<std::unique_ptr<cluster::ControllerClient>> c = cluster::ControllerClient::connect(a->address, a->tls);
-  if (!c.ok()) return cli::fail(cmd, c.status());
   v1::ShutdownRequest req;
   req.set_secret(a->secret);
-  if (Status st = (*c)->shutdown(req); !st.ok()) {
+  if (Status st = a->client->shutdown(req); !st.ok()) {
     std::fprintf(stderr, "nrx cluster shutdown: %s\n", st.to_string().c_str());
     return 1;
   }
