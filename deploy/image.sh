@@ -73,7 +73,7 @@ Guest helpers installed in /usr/bin:
   nrx_cxl_dax [--phys]           (vm.sh --shm cxl) load the CXL/nvdimm/dax modules, create the pmem
                                  region and a devdax namespace on the CXL type-3 device unless
                                  /dev/dax0.0 exists already (idempotent), print /dev/dax0.0 (mmap
-                                 it MAP_SHARED, 2 MiB aligned), or with --phys its physical start
+                                 it MAP_SHARED, 4 KiB-aligned), or with --phys its physical start
                                  address (for busybox devmem; vm.sh boots with iomem=relaxed
                                  nopat, without which devmem's mmap fails)
 USAGE
@@ -405,7 +405,7 @@ HELPER
 # /dev/dax0.0 does not exist yet): load cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem
 # device_dax, `cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0`, `ndctl create-namespace -r
 # region0 -m devdax -M mem -a 4096 -f`. Prints /dev/dax0.0 (mmap it MAP_SHARED, offset and length
-# 2 MiB aligned), or with --phys the physical address where its data starts (busybox devmem; the
+# 4 KiB aligned: -a 4096), or with --phys the physical address where its data starts (busybox devmem; the
 # kernel command line needs iomem=relaxed nopat, which vm.sh --shm cxl sets: device_dax claims the
 # range and maps it write-back). Its data starts 2 MiB into the host's shm file. Exit 1 with the
 # failing step's output.
@@ -427,12 +427,12 @@ if [ ! -e "$dev" ]; then
   done
   trap 'rmdir /run/nrx_cxl_dax.lock 2>/dev/null' EXIT
   if [ ! -e "$dev" ]; then
-    command -v cxl >/dev/null && command -v ndctl >/dev/null \
+    { command -v cxl && command -v ndctl; } >/dev/null \
       || fail "no cxl/ndctl in the image (install ndctl on the host and rebuild it with deploy/image.sh)"
     : >/run/nrx_cxl_dax.log
     modprobe -a cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax >>/run/nrx_cxl_dax.log 2>&1 \
       || fail "modprobe of the CXL/dax modules failed"
-    # The drivers probe asynchronously: wait for the memdev's endpoint and the root decoder.
+    # The drivers probe asynchronously: wait for the memdev, the root decoder and their drivers.
     wait_for /sys/bus/cxl/devices/mem0 300 || fail "no CXL memdev mem0 (QEMU without cxl-type3, or not --shm cxl?)"
     wait_for /sys/bus/cxl/devices/decoder0.0 300 || fail "no CXL root decoder decoder0.0 (cxl_acpi: no CFMWS window?)"
     wait_for /sys/bus/cxl/devices/mem0/driver 300 || fail "cxl_mem did not bind mem0"

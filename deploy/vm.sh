@@ -115,11 +115,11 @@ With --shm ivshmem:
   nrx_ivshmem_poke 0 hello; nrx_ivshmem_peek 0 5     # short strings through /dev/mem
 (read()/write() on resource2 fail with EIO: the kernel only supports mmap on memory BARs.)
 With --shm cxl:
-  DAX=$(nrx_cxl_dax)              # /dev/dax0.0: mmap it MAP_SHARED (2 MiB-aligned offset/length)
+  DAX=$(nrx_cxl_dax)              # /dev/dax0.0: mmap it MAP_SHARED (offset/length 4 KiB-aligned: -a 4096)
   PHYS=$(nrx_cxl_dax --phys)      # physical start of its data: `devmem $PHYS 64 [VALUE]`
 (nrx_cxl_dax loads cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax and runs, once,
 `cxl create-region -m -d decoder0.0 -w 1 -t pmem mem0` and `ndctl create-namespace -r region0
--m devdax -M mem -a 4096 -f`; about 1-2 s under TCG. Byte N of the dax device is byte
+-m devdax -M mem -a 4096 -f`; 0.7-1.6 s under TCG. Byte N of the dax device is byte
 SHM_DATA_OFFSET + N = 2 MiB + N of the host file. No cross-VM atomics: single-writer slots.)
 The host sees the same bytes in the shm file (its path is SHM_PATH in DIR/cluster.env).
 
@@ -332,7 +332,7 @@ net_qemu_args() {  # VM index -> appends to qemu_args (the NIC; the namespace is
   [[ "$net" == private ]] || return 0
   # shellcheck disable=SC2054  # the commas belong to QEMU's option syntax
   qemu_args+=(-netdev "tap,id=n0,ifname=tap$1,script=no,downscript=no"
-              -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$(printf '%02x' $((10 + $1)))")
+              -device "virtio-net-pci,bus=pcie.0,netdev=n0,mac=52:54:00:77:00:$(printf '%02x' $((10 + $1)))")
 }
 net_teardown() {  # deletes the run's namespace (recorded or derived from the directory); sets NET_REMOVED
   local ns

@@ -20,6 +20,7 @@ echo "cxl-smoke: vm $NRX_VM_INDEX of $NRX_VMS, $dax ($(cat /sys/bus/dax/devices/
 [ "$(nrx_cxl_dax)" = "$dax" ] || { echo "cxl-smoke: nrx_cxl_dax is not idempotent"; exit 1; }
 
 # The magic as 64-bit little-endian words (hex), NUL-padded to a multiple of 8 bytes.
+# shellcheck disable=SC2046  # one positional parameter per byte
 set -- $(printf %s "$magic" | od -An -v -tu1)
 words=""
 while [ $# -gt 0 ]; do
@@ -37,6 +38,7 @@ read_magic() {
     while [ "$k" -lt 8 ]; do
       b=$(((v >> (8 * k)) & 255))
       [ "$b" -eq 0 ] && { printf %s "$out"; return 0; }
+      # shellcheck disable=SC2059  # the format is the byte's octal escape
       out="$out$(printf "\\$(printf %03o "$b")")"
       k=$((k + 1))
     done
