@@ -93,22 +93,22 @@ Result<std::unique_ptr<ControllerServer>> ControllerServer::start(Controller& co
   ControllerServer* raw = s.get();
   s->lease_thread_ = std::thread([raw] {
     const auto period = raw->controller_->options().heartbeat;
-    while (!raw->stop_.load(std::memory_order_acquire)) {
+    MutexLock lock(raw->stop_mu_);
+    while (!raw->stop_) {
       (void)raw->controller_->expire_leases();
-      // Bounded and interruptible: wakes at the period or when shut down.
-      raw->controller_->wait_shutdown(Clock::now() + period);
-      if (raw->controller_->shutting_down()) {
-        // Keep serving heartbeats (VERDICT_SHUTDOWN) until the owner destroys the server.
-        while (!raw->stop_.load(std::memory_order_acquire)) std::this_thread::sleep_for(period);
-      }
+      // Woken at once by the destructor; otherwise once per heartbeat period.
+      raw->stop_cv_.wait_until(raw->stop_mu_, Clock::now() + period);
     }
   });
   return s;
 }
 
 ControllerServer::~ControllerServer() {
-  // release: the lease thread's acquire sees the stop.
-  stop_.store(true, std::memory_order_release);
+  {
+    MutexLock lock(stop_mu_);
+    stop_ = true;
+  }
+  stop_cv_.notify_all();
   if (lease_thread_.joinable()) lease_thread_.join();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
 }

@@ -12,14 +12,15 @@
 //   v1::JoinReply j; NRX_RETURN_IF_ERROR(client->join(request, &j));
 #pragma once
 
-#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
 #include "base/status.h"
 #include "cluster/controller.h"
 #include "cluster/tls.h"
@@ -51,7 +52,9 @@ class ControllerServer {
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  std::atomic<bool> stop_{false};
+  Mutex stop_mu_;
+  std::condition_variable_any stop_cv_;
+  bool stop_ NRX_GUARDED_BY(stop_mu_) = false;
   std::thread lease_thread_;
 };
 
