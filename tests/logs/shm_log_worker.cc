@@ -53,6 +53,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/host.h"
 #include "kernel/nr/ds/hashmap.h"
 #include "kernel/nr/replica.h"
 #include "logs/shm/shm_log.h"
@@ -70,10 +71,14 @@ constexpr int kExitSetup = 3;     // mapping, attach or registration failed
 constexpr int kExitOpFailed = 4;  // an operation returned an error (e.g. the log stayed full)
 constexpr int kExitBarrier = 5;   // the other workers never arrived / finished
 
-// The control region: two counters on their own lines.
+// The control region: counters on their own lines.
 struct Control {
   alignas(128) uint64_t ready;
   alignas(128) uint64_t done;
+  // The pid of the worker that will SIGKILL itself (0: none). The survivors' final barrier counts
+  // only themselves (--done-target), so they also wait for its death: on a loaded machine it may
+  // still be appending when they finish, and a survivor that digests then sees an earlier tail.
+  alignas(128) uint64_t crashing_pid;
 };
 
 struct Args {
@@ -245,7 +250,9 @@ int main(int argc, char** argv) {
   opts.on_lagging = [&nudges](uint32_t, nrx::logs::ReplicaId) { nudges.fetch_add(1, std::memory_order_relaxed); };
   nrx::Result<std::unique_ptr<ShmLog>> log = ShmLog::attach((*region)->bytes(), opts);
   if (!log.ok()) return fail(a, kExitSetup, "attach: " + log.status().to_string());
-  if (a.die_after_appends != 0) (*log)->crash_in_append_for_testing(a.die_after_appends, a.die_publish, /*kill=*/true);
+  if (a.die_after_appends != 0) {
+    (*log)->crash_in_append_for_testing(a.die_after_appends, a.die_publish, /*kill=*/true);
+  }
   // A crash-test worker streams its history (see the header); others write it at the end.
   FILE* stream = nullptr;
   std::mutex stream_mu;
@@ -281,6 +288,10 @@ int main(int argc, char** argv) {
 
   // Everybody registers before anybody appends, so every replica starts from the empty map.
   // release: our registration is visible before the count says so.
+  if (a.die_after_appends != 0) {
+    // relaxed: ordered before the ready count below by its release.
+    std::atomic_ref<uint64_t>(control->crashing_pid).store(static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
+  }
   std::atomic_ref<uint64_t>(control->ready).fetch_add(1, std::memory_order_release);
   // The barrier heartbeats our replica: with several processes starting on a loaded machine it
   // may last longer than the fencing lease.
@@ -374,6 +385,16 @@ int main(int argc, char** argv) {
         std::this_thread::yield();
       })) {
     return fail(a, kExitBarrier, "the other workers never finished");
+  }
+  // Published before the crash worker's ready count, which our ready barrier acquired.
+  const uint64_t crashing = std::atomic_ref<uint64_t>(control->crashing_pid).load(std::memory_order_relaxed);
+  if (crashing != 0 && crashing != static_cast<uint64_t>(getpid())) {
+    const uint64_t deadline = now_ns() + uint64_t{a.barrier_timeout_ms} * 1000000u;
+    while (!nrx::pid_gone(crashing)) {
+      if (now_ns() >= deadline) return fail(a, kExitBarrier, "the crash worker never died");
+      rep.sync();  // it may wait for our replica to advance before its fatal append
+      std::this_thread::yield();
+    }
   }
   rep.sync();  // everything every worker appended is below the tail now
   nrx::Result<nrx::nr::ThreadToken> token = rep.register_thread();

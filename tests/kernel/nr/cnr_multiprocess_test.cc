@@ -88,10 +88,11 @@ constexpr uint32_t kOpsDivisor = 1;
 // ---- Regions ------------------------------------------------------------------------------------
 
 // The worker's control region (cnr_shm_worker.cc): counters on their own lines.
-struct Control {
+struct Control {  // as cnr_shm_worker.cc's
   alignas(128) uint64_t registered;
   alignas(128) uint64_t done;
   alignas(128) uint64_t go;
+  alignas(128) uint64_t crashing_pid;
 };
 
 // What a group shares: its logs, its scan order and the workers' control words.

@@ -60,6 +60,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/host.h"
 #include "kernel/nr/cnr.h"
 #include "kernel/nr/ds/concurrent_hashmap.h"
 #include "kernel/nr/scan_order.h"
@@ -83,6 +84,10 @@ struct Control {
   alignas(128) uint64_t registered;  // workers registered so far (also the start barrier)
   alignas(128) uint64_t done;        // workers done with their operations
   alignas(128) uint64_t go;          // --one-scan: set by the test
+  // The pid of the worker that will SIGKILL itself (0: none). The survivors' final barrier counts
+  // only themselves (--done-target), so they also wait for its death: on a loaded machine it may
+  // still be appending when they finish, and a survivor that digests then sees earlier tails.
+  alignas(128) uint64_t crashing_pid;
 };
 
 // A coherent ShmLog behind a forwarding Log, with a hook that sees every batch before it is
@@ -416,6 +421,8 @@ int main(int argc, char** argv) {
   Rep& rep = **replica;
   my_id = rep.id();
   // release: our registration is visible before the count says so.
+  // relaxed: ordered before the registered count below by its release.
+  if (a.die_at_scan != 0) word(control->crashing_pid).store(static_cast<uint64_t>(getpid()), std::memory_order_relaxed);
   word(control->registered).fetch_add(1, std::memory_order_release);
 
   if (a.one_scan) {
@@ -560,6 +567,19 @@ int main(int argc, char** argv) {
       })) {
     stop_ticker();
     return fail(a, kExitBarrier, "the other workers never finished");
+  }
+  // Published before the crash worker's registered count, which our start barrier acquired.
+  const uint64_t crashing = word(control->crashing_pid).load(std::memory_order_relaxed);
+  if (crashing != 0 && crashing != static_cast<uint64_t>(getpid())) {
+    const uint64_t deadline = now_ns() + uint64_t{a.barrier_timeout_ms} * 1000000u;
+    while (!nrx::pid_gone(crashing)) {
+      if (now_ns() >= deadline) {
+        stop_ticker();
+        return fail(a, kExitBarrier, "the crash worker never died");
+      }
+      rep.sync();  // it may wait for our replica to reach a scan before its fatal append
+      std::this_thread::yield();
+    }
   }
   rep.sync();  // everything every worker appended is below the tails now
   stop_ticker();
