@@ -79,6 +79,7 @@ struct Control {
   // only themselves (--done-target), so they also wait for its death: on a loaded machine it may
   // still be appending when they finish, and a survivor that digests then sees an earlier tail.
   alignas(128) uint64_t crashing_pid;
+  alignas(128) uint64_t fenced;  // survivors past their fence_dead of the crash worker
 };
 
 struct Args {
@@ -394,6 +395,18 @@ int main(int argc, char** argv) {
       if (now_ns() >= deadline) return fail(a, kExitBarrier, "the crash worker never died");
       rep.sync();  // it may wait for our replica to advance before its fatal append
       std::this_thread::yield();
+    }
+    // Fence it now (its pid is gone): had it died while we still worked, a full log would have
+    // made us. Noncoherent mode: only the sequencer fences; this is a no-op here.
+    (void)(*log)->fence_dead(std::chrono::milliseconds(a.lease_ms));
+    // No survivor exits before every survivor has fenced: an exited survivor's pid is gone too,
+    // and a later fence_dead would fence it as well.
+    std::atomic_ref<uint64_t>(control->fenced).fetch_add(1, std::memory_order_release);
+    if (!wait_for_count(control->fenced, done_target, a.barrier_timeout_ms, [&rep] {
+          rep.sync();
+          std::this_thread::yield();
+        })) {
+      return fail(a, kExitBarrier, "the other survivors never fenced the crash worker");
     }
   }
   rep.sync();  // everything every worker appended is below the tail now

@@ -93,6 +93,7 @@ struct Control {  // as cnr_shm_worker.cc's
   alignas(128) uint64_t done;
   alignas(128) uint64_t go;
   alignas(128) uint64_t crashing_pid;
+  alignas(128) uint64_t fenced;
 };
 
 // What a group shares: its logs, its scan order and the workers' control words.

@@ -88,6 +88,7 @@ struct Control {
   // only themselves (--done-target), so they also wait for its death: on a loaded machine it may
   // still be appending when they finish, and a survivor that digests then sees earlier tails.
   alignas(128) uint64_t crashing_pid;
+  alignas(128) uint64_t fenced;  // survivors past their fence_dead of the crash worker
 };
 
 // A coherent ShmLog behind a forwarding Log, with a hook that sees every batch before it is
@@ -579,6 +580,21 @@ int main(int argc, char** argv) {
       }
       rep.sync();  // it may wait for our replica to reach a scan before its fatal append
       std::this_thread::yield();
+    }
+    // Fence it now (its pid is gone): had it died while we still worked, a full log would have
+    // made us; once per log, by whichever survivor gets there first.
+    for (uint32_t li = 0; li < log_count; ++li) {
+      (void)(*group)->log(li).inner().fence_dead(std::chrono::milliseconds(a.lease_ms));
+    }
+    // No survivor exits before every survivor has fenced: an exited survivor's pid is gone too,
+    // and a later fence_dead would fence it as well.
+    word(control->fenced).fetch_add(1, std::memory_order_release);
+    if (!wait_for_count(control->fenced, done_target, a.barrier_timeout_ms, [&rep] {
+          rep.sync();
+          std::this_thread::yield();
+        })) {
+      stop_ticker();
+      return fail(a, kExitBarrier, "the other survivors never fenced the crash worker");
     }
   }
   rep.sync();  // everything every worker appended is below the tails now
