@@ -310,10 +310,6 @@ Result<uint64_t> Controller::start_run(const v1::RunRequest& request) {
     if (!n.fenced) run.machines.push_back(n.id);
   }
   if (run.machines.empty()) return Status::failed_precondition("no live machine");
-  if (coherence_ == "noncoherent" && request.workload() != "logbench") {
-    return Status::failed_precondition("this cluster's shared memory is noncoherent (CXL): only logbench runs on it; "
-                                       "the kernel's logs run in coherent mode only (use --shm ivshmem)");
-  }
   // Every run formats a fresh region: a cluster id of its own keeps a machine from attaching to
   // the previous run's directory.
   run.region_cluster_id = (options_.cluster_id ^ (run.id * 0x9e3779b97f4a7c15ull)) | 1;

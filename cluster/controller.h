@@ -80,8 +80,7 @@ class Controller {
   //   kInvalidArgument for digests whose count is not replicas_per_node.
   Status report(const v1::ReportRequest& request, v1::ReportReply* reply);
   // start_run: kInvalidArgument (unknown workload, seconds outside (0, 3600]), kFailedPrecondition
-  //   (a run is still going on, fewer machines joined than expected, none live; a kernel workload
-  //   on a noncoherent cluster: the kernel's logs run coherent only, logbench runs on both).
+  //   (a run is still going on, fewer machines joined than expected, none live).
   Result<uint64_t> start_run(const v1::RunRequest& request);
   // Waits for |run_id| to end (every live machine reported, or machine 0 fenced before it
   // formatted) or |deadline|, and describes it. Errors: kNotFound (no such run),

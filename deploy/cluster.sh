@@ -30,8 +30,8 @@ options:
   --nodes N         machines (VMs), each one kernel with one replica (default 3)
   --shm KIND        shared memory between the VMs: ivshmem (default; coherent: the kernel runs on
                     it) or cxl (an emulated CXL type-3 device, /dev/dax0.0 in every guest; loads
-                    and stores are shared, atomics are not: the logs' noncoherent mode. Only
-                    `nrx cluster run logbench` runs on it for now)
+                    and stores are shared, atomics are not: the logs' noncoherent mode, with
+                    machine 0 of each run as their sequencer)
   --shm-mb MB       size of the shared region, a power of two (default 512)
   --mem MB          guest RAM (default 512)
   --lease-ms MS     a machine silent this long is fenced (default 6000: TCG guests on a busy host

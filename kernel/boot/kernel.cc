@@ -385,7 +385,9 @@ struct Kernel::Impl {
       logs::LogOptions with = o;
       with.on_lagging = hook;
       // Payload slots hold NR-FS write data: one 4 KiB block and a path fit with room to spare.
-      const logs::ShmOptions so{.cluster_id = sp.cluster_id,
+      const logs::ShmMode mode = sp.noncoherent ? logs::ShmMode::kNoncoherent : logs::ShmMode::kCoherent;
+      const logs::ShmOptions so{.mode = mode,
+                                .cluster_id = sp.cluster_id,
                                 .payload_bytes = uint64_t{with.payload_slots} * 8192,
                                 .keep_alive = shm_region,
                                 .lease = sp.lease};
@@ -396,7 +398,7 @@ struct Kernel::Impl {
       NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::ShmLog> log,
                            logs::ShmLog::attach(at, {.cluster_id = sp.cluster_id,
                                                      .expected_epoch = 0,
-                                                     .mode = logs::ShmMode::kCoherent,
+                                                     .mode = mode,
                                                      .client = sp.machine,
                                                      .full_timeout = o.full_timeout,
                                                      .on_lagging = hook,
@@ -411,11 +413,21 @@ struct Kernel::Impl {
     };
   }
 
-  // NR-FS's scans are ordered across the kernel processes by a SharedScanOrder in window
-  // "fsscan" of the shared region.
+  // NR-FS's scans are ordered across the kernel processes by a scan order in window "fsscan" of
+  // the shared region: a SharedScanOrder, or on noncoherent memory a BakeryScanOrder (one
+  // participant per machine).
   Result<std::unique_ptr<nr::ScanOrder>> shm_scan_order() {
-    nr::SharedScanOrderOptions so{.cluster_id = options.shm.cluster_id};
+    nr::SharedScanOrderOptions so{.cluster_id = options.shm.cluster_id, .participant = options.shm.machine};
     so.remote_lease = std::max<std::chrono::nanoseconds>(2 * options.shm.lease, std::chrono::seconds(10));
+    if (options.shm.noncoherent) {
+      NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window("fsscan", nr::BakeryScanOrder::kRegionBytes));
+      if (options.shm.attach) {
+        NRX_ASSIGN_OR_RETURN(auto order, nr::BakeryScanOrder::attach(at, so));
+        return std::unique_ptr<nr::ScanOrder>(std::move(order));
+      }
+      NRX_ASSIGN_OR_RETURN(auto order, nr::BakeryScanOrder::create(at, so));
+      return std::unique_ptr<nr::ScanOrder>(std::move(order));
+    }
     NRX_ASSIGN_OR_RETURN(std::span<std::byte> at, shm_window("fsscan", nr::SharedScanOrder::kRegionBytes));
     if (options.shm.attach) {
       NRX_ASSIGN_OR_RETURN(auto order, nr::SharedScanOrder::attach(at, so));
@@ -773,6 +785,10 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
       return Status::invalid_argument("machine " + std::to_string(options.shm.machine) + " of " +
                                       std::to_string(machines) + " does not exist");
     }
+    if (options.shm.noncoherent && machines > nr::BakeryScanOrder::kMaxParticipants) {
+      return Status::invalid_argument("at most " + std::to_string(nr::BakeryScanOrder::kMaxParticipants) +
+                                      " machines share noncoherent memory");
+    }
   }
   const uint32_t total_nodes = impl->nodes * machines;
   if (uint64_t{cpn} * total_nodes > proc::kMaxCores || total_nodes > 64) {
@@ -1095,7 +1111,7 @@ std::string Kernel::describe() const {
     s += "shm     region " + k.options.shm.region + " (" + k.shm_region->describe() + "; " +
          transport::format_bytes(k.shm_dir->used()) + " in " + std::to_string(k.shm_dir->count()) +
          " windows: proc, fs0.., fsscan)" +
-         " (coherent), machine " +
+         (k.options.shm.noncoherent ? " (noncoherent), machine " : " (coherent), machine ") +
          std::to_string(k.options.shm.machine) + " of " + std::to_string(k.options.shm.machines) + ", nodes " +
          std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) + " of the cluster\n";
   }

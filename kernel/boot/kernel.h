@@ -66,8 +66,8 @@ using Pid = uint64_t;
 // space keeps a ring log of its own: a process runs on one machine).
 enum class LogBackend : uint8_t {
   kRing,  // in this process (logs/ring): the single-host kernel
-  kShm,   // in shared-memory regions (logs/shm, coherent): several kernel processes, each a
-          // "machine", share the process table and NR-FS (emulated CXL shared memory)
+  kShm,   // in shared-memory regions (logs/shm): several kernel processes, each a "machine",
+          // share the process table and NR-FS (emulated CXL shared memory)
 };
 
 // kShm: everything shared lives in ONE region (transport::Region), carved into named windows by a
@@ -80,12 +80,17 @@ enum class LogBackend : uint8_t {
 // same number of nodes; machine m's node n is node m * nodes + n of the shared process table.
 // Attaching works only before the cluster's first operation (there is no state transfer yet):
 // a log that already holds entries is refused.
+// |noncoherent|: the region's memory gives no atomic read-modify-write across machines (CXL
+// 2.0-style sharing, QEMU's type-3 device): the logs run in logs/shm's noncoherent mode (machine 0
+// runs a sequencer thread per log; its death ends the cluster), and the scan order is a
+// nr::BakeryScanOrder (machine numbers below its kMaxParticipants). Every machine must agree.
 struct ShmPlacement {
   std::string region;        // the shared region's path, e.g. /dev/shm/nrx
   bool attach = false;       // join regions another kernel created (else create them)
   uint32_t machine = 0;      // this kernel's machine number
   uint32_t machines = 1;     // kernels sharing the regions
   uint64_t cluster_id = 1;   // must match between them
+  bool noncoherent = false;  // see above
   uint64_t region_bytes = uint64_t{512} << 20;  // machine 0, a /dev/shm file: its size (sparse)
   // Machines 1..: how long to wait for the region to appear and machine 0 to seal its directory.
   std::chrono::nanoseconds join_timeout = std::chrono::seconds(60);

@@ -6,6 +6,12 @@
 // - SharedScanOrder: the replicas live in several processes (or machines) whose logs sit in
 //   shared memory (logs/shm, coherent mode). Lock, next id and cancel list are words in a small
 //   region of that memory. The lock word names its holder (host tag, pid: base/host.h).
+// - BakeryScanOrder: the same, over NONCOHERENT shared memory (logs/shm's noncoherent mode; CXL
+//   2.0-style sharing, QEMU's type-3 device), where a read-modify-write is not atomic across
+//   hosts. Lamport's bakery lock among participants (one per process or machine, each with a
+//   fixed slot), made only of words each participant alone writes (flushed after writing,
+//   invalidated before reading another's); threads of one process first take a local mutex.
+//   Next id, records and cancel lists are per participant too: the holder reads everyone's.
 //
 // Orphans. A process that dies while holding the shared lock may have put its scan into some of
 // its logs and not the others; replicas that reached it wait there. Before inserting, the holder
@@ -33,6 +39,7 @@
 //   auto group = CnrGroup<Map, Mapper, logs::ShmLog>::create(4, options, make_log, {}, std::move(order));
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -44,6 +51,7 @@
 
 #include "base/function_ref.h"
 #include "base/mutex.h"
+#include "base/spin.h"
 #include "base/status.h"
 #include "base/thread_annotations.h"
 
@@ -68,7 +76,8 @@ class ScanOrder {
   // (the cancel list is full: no scan can be cancelled any more, so none may start).
   virtual Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) = 0;
   // Takes the lock only if its holder is dead (never waits). nullopt: not taken (free, or a live
-  // holder). A taken lock may carry an orphan (Orphan::id != 0) or not (id 0).
+  // holder). A taken lock may carry an orphan (Orphan::id != 0) or not (id 0). BakeryScanOrder
+  // takes it only for a dead holder's orphan (a dead holder without one blocks nobody there).
   virtual std::optional<Orphan> try_take_over() = 0;
   // Holder only: the next scan id (1, 2, ...; increasing across the group).
   virtual uint64_t next_id() = 0;
@@ -114,6 +123,10 @@ struct SharedScanOrderOptions {
   uint64_t cluster_id = 0;  // must match on attach
   std::chrono::nanoseconds lock_timeout = std::chrono::seconds(60);
   std::chrono::nanoseconds remote_lease = std::chrono::seconds(30);  // see "Orphans"
+  // BakeryScanOrder only: this object's slot, 0..BakeryScanOrder::kMaxParticipants-1, unique among
+  // the objects sharing the region (the machine number). Two objects in one slot break the lock
+  // (undetectable without an atomic, as logs/shm's client slots).
+  uint32_t participant = 0;
 };
 
 // The region's layout (offsets from its start; the region is 4 KiB or more, 8-byte aligned):
@@ -157,6 +170,81 @@ class SharedScanOrder final : public ScanOrder {
 
   std::byte* base_;
   SharedScanOrderOptions options_;
+  std::atomic<uint64_t> take_overs_{0};
+};
+
+// The bakery (noncoherent memory). Participant i takes a ticket: choosing[i] = 1, number[i] = 1 +
+// the highest number it reads, choosing[i] = 0; then waits, for every other j, until j is not
+// choosing and holds no ticket ordered before its own ((number, slot) pairs). Unlock: number[i] =
+// 0. Each store is released and written back, and a seq_cst fence (mfence, not a locked
+// instruction) orders a participant's stores before its following loads, as the bakery needs.
+// Ids: the holder takes 1 + the highest id any participant issued (its own word, written back
+// before it unlocks). Cancellations: each participant lists the ids it cancelled; is_cancelled
+// reads every list. Records: each participant records its scan in its own block; an orphan is a
+// record nobody completed: its id above every participant's "done" mark for that slot (clear_orphan
+// sets the holder's mark). So the next holder, whoever it is, finds a dead holder's record.
+// Liveness: a competing participant names itself (host tag, pid) and refreshes a CLOCK_REALTIME
+// stamp while it waits (at most once a millisecond); the holder's stamp is when it took the lock.
+// A participant ahead of us is skipped as dead once its pid is gone from our host, or (another
+// host) once its stamp is older than |remote_lease|; skipping a holder is a take-over. A waiter
+// that finds its own stamp older than half the lease when it would enter (it was stalled: others
+// may have skipped it) withdraws and takes a new ticket. The risks are SharedScanOrder's (a
+// remote participant that is slow, not dead, beyond the lease makes two holders).
+//
+// The region's layout: block 0 the header (0 magic "NRXBAKE1", 8 layout version, 12 entry
+// capacity, 16 cluster id, 24 participants); block 1 + p participant p's (kBlockBytes each): 0
+// choosing, 8 number, 16 stamp, 24 holding, 32 owner; 64 last id issued, 72 recorded scan id, 80
+// its mask, 88 its entry length; 128 done marks (one per participant: the highest orphan id of
+// that slot completed by this one); 256 cancelled count, 264 cancelled ids; the recorded entry in
+// the last kEntryCapacity bytes.
+class BakeryScanOrder final : public ScanOrder {
+ public:
+  static constexpr uint32_t kMaxParticipants = 16;
+  static constexpr size_t kBlockBytes = 4096;
+  static constexpr size_t kRegionBytes = kBlockBytes * (1 + kMaxParticipants);
+  static constexpr uint32_t kEntryCapacity = 512;
+
+  // As SharedScanOrder's. Errors also: kInvalidArgument (participant out of range).
+  static Result<std::unique_ptr<BakeryScanOrder>> create(std::span<std::byte> region, SharedScanOrderOptions options);
+  static Result<std::unique_ptr<BakeryScanOrder>> attach(std::span<std::byte> region, SharedScanOrderOptions options);
+
+  // The local mutex is held across calls (lock() ... unlock()), which the analysis cannot follow.
+  Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) override NRX_NO_THREAD_SAFETY_ANALYSIS;
+  std::optional<Orphan> try_take_over() override NRX_NO_THREAD_SAFETY_ANALYSIS;
+  uint64_t next_id() override;
+  void record(uint64_t id, uint64_t mask, std::span<const std::byte> entry) override;
+  void clear_orphan() override;
+  void cancel(uint64_t id) override;
+  bool is_cancelled(uint64_t id) override;
+  void unlock() override NRX_NO_THREAD_SAFETY_ANALYSIS;
+  void unlock_keeping_orphan() override NRX_NO_THREAD_SAFETY_ANALYSIS;
+  size_t max_entry_bytes() const override { return kEntryCapacity; }
+
+  uint64_t take_overs() const { return take_overs_.load(std::memory_order_relaxed); }
+
+ private:
+  enum class Outcome : uint8_t { kWon, kLost, kStalled, kTimedOut };
+  BakeryScanOrder(std::byte* base, SharedScanOrderOptions options) : base_(base), options_(options) {}
+  std::byte* block(uint32_t p) const { return base_ + kBlockBytes * (1 + size_t{p}); }
+  uint64_t* word(uint32_t p, size_t offset) const { return reinterpret_cast<uint64_t*>(block(p) + offset); }
+  uint64_t read(uint32_t p, size_t offset) const;     // another's word: invalidated, then acquire
+  void write(size_t offset, uint64_t value);          // our own word: release, then written back
+  bool dead(uint32_t p) const;                        // a competitor presumed or proven dead
+  // One bakery round with a fresh ticket. |patient| false: gives up (kLost) at the first live
+  // participant ahead. On any outcome but kWon our ticket is withdrawn.
+  Outcome compete(bool patient, FunctionRef<void()> while_waiting, SpinWait& wait, bool& took_over);
+  std::optional<Orphan> acquired(bool took_over);
+  uint64_t pending_record(uint32_t p) const;  // p's recorded scan id if nobody completed it; else 0
+  uint64_t cancelled_count() const;
+
+  std::byte* base_;
+  SharedScanOrderOptions options_;
+  Mutex mu_;                          // one thread of this process competes or holds at a time
+  uint32_t orphan_from_ = UINT32_MAX;  // holder: the slot whose record lock() handed out
+  // A ticket (and its owner) found dead (0: none). Under mu_, which the analysis cannot follow.
+  std::array<uint64_t, kMaxParticipants> dead_number_{};
+  std::array<uint64_t, kMaxParticipants> dead_owner_{};
+  uint64_t orphan_id_ = 0;
   std::atomic<uint64_t> take_overs_{0};
 };
 

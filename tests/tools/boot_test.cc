@@ -211,8 +211,11 @@ TEST(BootChannel, OtherProcessesReachTheBootedKernel) {
 // and `nrx node --attach`. Each runs the demo on its own nodes and cores; the process table is
 // shared (each machine keeps its own NR-FS, kernel.h says why), so after both finish, every
 // replica in both processes has the same proc digest. Pids come from the one table: no pid
-// appears in both.
-TEST(BootShm, TwoKernelProcessesAgree) {
+// appears in both. Both coherence modes: noncoherent runs the logs' sequencers in machine 0 and
+// orders NR-FS's scans with the bakery (no cross-process atomics).
+class BootShm : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BootShm, TwoKernelProcessesAgree) {
   TempDir dir_a, dir_b;
   const std::string region = "/dev/shm/nrx-boot-test-" + std::to_string(getpid());
   auto start = [&](const std::vector<std::string>& args, const TempDir& dir) {
@@ -233,13 +236,13 @@ TEST(BootShm, TwoKernelProcessesAgree) {
     return pid;
   };
   const pid_t a = start({"boot", "--log", "shm", "--region", region, "--machines", "2", "--nodes", "2",
-                         "--cores-per-node", "1", "--duration", "0.6", "--json"},
+                         "--cores-per-node", "1", "--duration", "0.6", "--coherence", GetParam(), "--json"},
                         dir_a);
   // Started at once: the node itself waits for the region to appear and for machine 0 to seal
   // its directory of windows.
   const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
   const pid_t b = start({"node", "--attach", region, "--machine", "1", "--machines", "2", "--nodes", "2",
-                         "--cores-per-node", "1", "--duration", "0.6", "--json"},
+                         "--cores-per-node", "1", "--duration", "0.6", "--coherence", GetParam(), "--json"},
                         dir_b);
   auto finish = [&](pid_t pid) {
     int status = 0;
@@ -264,6 +267,7 @@ TEST(BootShm, TwoKernelProcessesAgree) {
     JsonChecker check(*out);
     ASSERT_TRUE(check.valid()) << *out;
     EXPECT_NE(out->find("\"log\":\"shm\""), std::string::npos);
+    EXPECT_NE(out->find("\"coherence\":\"" + GetParam() + "\""), std::string::npos) << *out;
     EXPECT_NE(out->find("\"digests_equal\":true"), std::string::npos) << *out;
   }
   EXPECT_NE(out_b.find("\"machine\":1"), std::string::npos);
@@ -294,10 +298,14 @@ TEST(BootShm, TwoKernelProcessesAgree) {
   EXPECT_FALSE(std::filesystem::exists(region)) << "the creator leaves no region behind";
 }
 
+INSTANTIATE_TEST_SUITE_P(Coherence, BootShm, ::testing::Values("coherent", "noncoherent"),
+                         [](const auto& p) { return p.param; });
+
 TEST(BootUsage, BadInputExitsTwoWithOneLine) {
   const std::vector<std::vector<std::string>> bad = {
       {"--nodes", "0"},       {"--nodes", "x"},         {"--duration", "-1"}, {"--duration", "abc"},
-      {"--log", "tape"},      {"--log", "rdma"},        {"--memory", "3"},    {"--cores-per-node", "0"},
+      {"--log", "tape"},      {"--log", "rdma"},        {"--coherence", "noncoherent"},
+      {"--log", "shm", "--coherence", "weak"},        {"--memory", "3"},    {"--cores-per-node", "0"},
       {"--region", "/dev/shm/x"},  {"--log", "shm", "--machines", "0"},  {"--log", "shm", "--machines", "65"},
       {"--no-such-option"},   {"positional"},
   };

@@ -344,6 +344,12 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
     cmd.option("region-size", "MIB", "--log shm: the size of a /dev/shm region file (sparse)", "512");
     cmd.option("machines", "M", "--log shm: wait for M-1 `nrx node` processes before the demo", "1");
   }
+  cmd.option("coherence", "MODE",
+             std::string(node_cmd ? "" : "--log shm: ") +
+                 "coherent (atomics work across the sharers: one host, ivshmem) or noncoherent\n"
+                 "      (CXL 2.0-style, QEMU's type-3 device: no cross-machine atomics; machine 0 sequences\n"
+                 "      the logs); every machine must name the same",
+             "coherent");
   cmd.option("memory", "MIB", "physical memory per node, in MiB (a multiple of 2)", "256");
   cmd.option("seed", "S", "random seed of the programs", "1");
   cmd.option("channel", "PATH",
@@ -392,8 +398,15 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
       shm.region_bytes = *mib << 20;
     }
     if (shm.region.empty()) return cli::fail(cmd, Status::invalid_argument("--attach PATH is required"));
-  } else if (cmd.has("region") || cmd.has("machines") || cmd.has("region-size")) {
-    return cli::fail(cmd, Status::invalid_argument("--region, --region-size and --machines go with --log shm"));
+    const std::string coherence = cmd.get("coherence").value_or("coherent");
+    if (coherence != "coherent" && coherence != "noncoherent") {
+      return cli::fail(cmd, Status::invalid_argument("--coherence must be coherent or noncoherent, not '" +
+                                                     coherence + "'"));
+    }
+    shm.noncoherent = coherence == "noncoherent";
+  } else if (cmd.has("region") || cmd.has("machines") || cmd.has("region-size") || cmd.has("coherence")) {
+    return cli::fail(cmd,
+                     Status::invalid_argument("--region, --region-size, --machines and --coherence go with --log shm"));
   }
   const bool json = cmd.flag_set("json");
   const bool interactive = cmd.flag_set("interactive");
@@ -525,10 +538,10 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   if (json) {
     std::printf("{\"topology\":{\"nodes\":%u,\"emulated\":%s,\"cpus\":%zu,\"description\":\"%s\"},", replicas,
                 topo.emulated ? "true" : "false", topo.cpu_count(), topo.describe().c_str());
-    std::printf("\"replicas\":%u,\"cores\":%u,\"cores_per_node\":%u,\"log\":\"%s\",\"machine\":%u,\"machines\":%u,"
-                "\"first_node\":%u,\"seconds\":%.3f,",
-                replicas, replicas * kernel.cores_per_node(), kernel.cores_per_node(), log.c_str(), shm.machine,
-                shm.machines, kernel.first_node(), secs);
+    std::printf("\"replicas\":%u,\"cores\":%u,\"cores_per_node\":%u,\"log\":\"%s\",\"coherence\":\"%s\","
+                "\"machine\":%u,\"machines\":%u,\"first_node\":%u,\"seconds\":%.3f,",
+                replicas, replicas * kernel.cores_per_node(), kernel.cores_per_node(), log.c_str(),
+                shm.noncoherent ? "noncoherent" : "coherent", shm.machine, shm.machines, kernel.first_node(), secs);
     std::printf("\"processes\":[");
     for (size_t i = 0; i < totals.reports.size(); ++i) {
       const boot::ProcessReport& r = totals.reports[i];

@@ -262,7 +262,6 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
     (void)agent.wait_release(order.run_id(), Clock::now() + std::chrono::minutes(5));
     return rep;
   }
-  if (order.noncoherent()) return fail("the kernel's logs run in coherent mode only (a noncoherent region runs logbench)");
   boot::KernelOptions ko{.topology = cfg.topology, .cores_per_node = cfg.cores_per_node, .pool_bytes = cfg.pool_bytes};
   ko.log = boot::LogBackend::kShm;
   ko.shm.region = cfg.region;
@@ -271,6 +270,7 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
   ko.shm.machines = order.machines();
   ko.shm.cluster_id = order.region_cluster_id();
   ko.shm.region_bytes = cfg.region_bytes;
+  ko.shm.noncoherent = order.noncoherent();  // machine 0 sequences the logs; the bakery orders scans
   // The data plane fences by the same lease as the control plane.
   ko.shm.lease = std::chrono::milliseconds(agent.joined().lease_ms());
   // A /dev/shm file is created by machine 0 for each run: the previous run's goes first.
@@ -391,7 +391,7 @@ int run_node_agent(const std::vector<std::string>& args) {
   cmd.option("runs", "K", "leave after K runs (0: when the controller shuts down)", "0");
   cmd.option("coherence", "MODE",
              "coherent (cross-machine atomics work: one host, ivshmem) or noncoherent (emulated CXL\n"
-             "      type-3: the logs' noncoherent mode; only logbench runs on it for now)",
+             "      type-3: the logs' noncoherent mode, sequenced by machine 0 of each run)",
              "coherent");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {

@@ -1,7 +1,8 @@
 // Tests of CNR's scan orders (kernel/nr/scan_order.h): the shared one's header checks, ids and
 // cancellations seen through two objects on one region, mutual exclusion, take-over from a dead
 // holder (a forked child that exits holding the lock) with its recorded scan as the orphan, no
-// take-over from a live holder, the remote lease; and a CNR group completing an orphan.
+// take-over from a live holder, the remote lease; and a CNR group completing an orphan. The same
+// for the bakery (noncoherent memory), plus mutual exclusion between forked processes.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -250,6 +251,266 @@ TEST(SharedScanOrder, CnrCompletesAnOrphanBeforeTheNextScan) {
   EXPECT_EQ(r0->scans_executed(), r1->scans_executed()) << "every replica ran the Clear once, and the Sizes";
   ASSERT_TRUE(r0->execute_mut({Map::WriteOp::kPut, 1, 7}, t0).ok());
   EXPECT_EQ(r1->execute_scan({Map::ScanOp::kSize, 0, 0}, t1).value(), std::optional<uint64_t>(1));
+}
+
+// ---- BakeryScanOrder ----------------------------------------------------------------------------
+
+SharedScanOrderOptions slot(uint32_t participant, SharedScanOrderOptions o = {}) {
+  o.participant = participant;
+  return o;
+}
+
+uint64_t realtime_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+TEST(BakeryScanOrder, HeaderAndSlotAreChecked) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  EXPECT_EQ(BakeryScanOrder::attach(mem.span(), {}).status().code(), StatusCode::kFailedPrecondition);  // zeroes
+  EXPECT_EQ(BakeryScanOrder::create(mem.span().first(4096), {}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(BakeryScanOrder::create(mem.span(), slot(BakeryScanOrder::kMaxParticipants)).status().code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(BakeryScanOrder::create(mem.span(), {.cluster_id = 7}).ok());
+  EXPECT_TRUE(BakeryScanOrder::attach(mem.span(), slot(1, {.cluster_id = 7})).ok());
+  Status other = BakeryScanOrder::attach(mem.span(), slot(1, {.cluster_id = 8})).status();
+  EXPECT_EQ(other.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(other.message().find("cluster 7"), std::string::npos) << other.to_string();
+  EXPECT_EQ(SharedScanOrder::attach(mem.span(), {.cluster_id = 7}).status().code(), StatusCode::kFailedPrecondition)
+      << "a bakery region is not a coherent one";
+  mem.word(8) = 99;  // layout version
+  EXPECT_EQ(BakeryScanOrder::attach(mem.span(), slot(1, {.cluster_id = 7})).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST(BakeryScanOrder, IdsAndCancellationsAreSharedBetweenParticipants) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto a = BakeryScanOrder::create(mem.span(), {}).value();
+  auto b = BakeryScanOrder::attach(mem.span(), slot(5)).value();
+  ASSERT_TRUE(a->lock(noop).ok());
+  const uint64_t first = a->next_id();
+  EXPECT_EQ(first, 1u);
+  a->cancel(first);
+  a->unlock();
+  auto got = b->lock(noop);
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got->has_value()) << "a holder that unlocked leaves no orphan";
+  EXPECT_EQ(b->next_id(), first + 1) << "ids increase across participants";
+  b->cancel(first + 1);
+  b->unlock();
+  for (BakeryScanOrder* o : {a.get(), b.get()}) {
+    EXPECT_TRUE(o->is_cancelled(first));
+    EXPECT_TRUE(o->is_cancelled(first + 1));
+    EXPECT_FALSE(o->is_cancelled(first + 2));
+  }
+  EXPECT_FALSE(a->try_take_over().has_value()) << "a free lock is not taken over";
+}
+
+TEST(BakeryScanOrder, ExcludesAcrossParticipantsAndThreads) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  std::vector<std::unique_ptr<BakeryScanOrder>> objs;
+  objs.push_back(BakeryScanOrder::create(mem.span(), {}).value());
+  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(1)).value());
+  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(9)).value());
+  uint64_t inside = 0;  // plain: only ever touched under the lock (TSan checks the claim)
+  std::vector<uint64_t> order;  // ids in the order the holders took them: must increase
+  constexpr int kThreads = 6, kRounds = 1000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      BakeryScanOrder& o = *objs[t % objs.size()];
+      for (int i = 0; i < kRounds; ++i) {
+        ASSERT_TRUE(o.lock(noop).ok());
+        ++inside;
+        order.push_back(o.next_id());
+        o.unlock();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(inside, uint64_t{kThreads} * kRounds);
+  ASSERT_EQ(order.size(), size_t{kThreads} * kRounds);
+  for (size_t i = 0; i < order.size(); ++i) ASSERT_EQ(order[i], i + 1) << "the holders' sequence is not the ids'";
+}
+
+// Processes, as machines are: each forked child is a participant with a plain counter in the
+// shared mapping that it increments under the lock (a read, a pause, a write: an overlap loses
+// an increment), and the ids it takes are logged in holding order.
+TEST(BakeryScanOrder, ExcludesAcrossProcesses) {
+  constexpr int kChildren = 3, kRounds = 400;
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  SharedBytes shared(8 * (2 + kChildren * kRounds));
+  auto a = BakeryScanOrder::create(mem.span(), {}).value();
+  std::vector<pid_t> pids;
+  for (int c = 0; c < kChildren; ++c) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      auto o = BakeryScanOrder::attach(mem.span(), slot(1 + c)).value();
+      for (int i = 0; i < kRounds; ++i) {
+        if (!o->lock(noop).ok()) _exit(1);
+        const uint64_t n = shared.word(0);
+        cpu_relax();
+        shared.word(0) = n + 1;
+        shared.word(8 * (1 + n)) = o->next_id();
+        o->unlock();
+      }
+      _exit(0);
+    }
+    pids.push_back(pid);
+  }
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  ASSERT_EQ(shared.word(0), uint64_t{kChildren} * kRounds) << "two holders at once lost an increment";
+  for (uint64_t i = 0; i < uint64_t{kChildren} * kRounds; ++i) ASSERT_EQ(shared.word(8 * (1 + i)), i + 1);
+  ASSERT_TRUE(a->lock(noop).ok());
+  EXPECT_EQ(a->next_id(), uint64_t{kChildren} * kRounds + 1);
+  a->unlock();
+}
+
+TEST(BakeryScanOrder, DeadHolderIsTakenOverWithItsOrphan) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto a = BakeryScanOrder::create(mem.span(), {}).value();
+  const std::vector<std::byte> entry = {std::byte{1}, std::byte{2}, std::byte{3}};
+  ASSERT_EQ(in_child([&] {
+              auto c = BakeryScanOrder::attach(mem.span(), slot(1)).value();
+              if (!c->lock(noop).ok()) _exit(1);
+              c->record(c->next_id(), 0b101, entry);
+              _exit(0);
+            }),
+            0);
+  auto o = a->try_take_over();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->id, 1u);
+  EXPECT_EQ(o->mask, 0b101u);
+  EXPECT_EQ(o->entry, entry);
+  EXPECT_EQ(a->take_overs(), 1u);
+  a->clear_orphan();
+  EXPECT_EQ(a->next_id(), 2u);
+  a->unlock();
+  // Completed: nobody gets it again, though the dead slot's ticket and record stay.
+  auto b = BakeryScanOrder::attach(mem.span(), slot(2)).value();
+  auto got = b->lock(noop);
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got->has_value() && (*got)->id != 0) << "the orphan was completed once already";
+  b->unlock();
+  EXPECT_FALSE(a->try_take_over().has_value()) << "no orphan left: nothing to take over";
+
+  // A child that dies before recording: lock() skips it, nothing to complete.
+  ASSERT_EQ(in_child([&] {
+              auto c = BakeryScanOrder::attach(mem.span(), slot(3)).value();
+              if (!c->lock(noop).ok()) _exit(1);
+              _exit(0);
+            }),
+            0);
+  got = a->lock(noop);
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->id, 0u) << "taken over, nothing to complete";
+  EXPECT_EQ(a->take_overs(), 2u) << "slot 1 once (its ticket stays, skipped from then on), slot 3 once";
+  a->unlock();
+}
+
+TEST(BakeryScanOrder, KeptRecordGoesToTheNextHolder) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto a = BakeryScanOrder::create(mem.span(), {}).value();
+  auto b = BakeryScanOrder::attach(mem.span(), slot(1)).value();
+  const std::vector<std::byte> entry = {std::byte{9}};
+  ASSERT_TRUE(a->lock(noop).ok());
+  const uint64_t id = a->next_id();
+  a->record(id, 0b11, entry);
+  a->unlock_keeping_orphan();  // e.g. a log stayed full while completing it
+  auto got = b->lock(noop);
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->id, id);
+  EXPECT_EQ((*got)->entry, entry);
+  EXPECT_EQ(b->take_overs(), 0u) << "a record kept by a live holder is no take-over";
+  b->clear_orphan();
+  b->unlock();
+  got = a->lock(noop);
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got->has_value()) << "completed once";
+  a->unlock();
+}
+
+TEST(BakeryScanOrder, LiveHolderIsWaitedForUntilTheTimeout) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto a = BakeryScanOrder::create(mem.span(), {.lock_timeout = std::chrono::milliseconds(200)}).value();
+  auto b = BakeryScanOrder::attach(mem.span(), slot(1)).value();
+  ASSERT_TRUE(b->lock(noop).ok());  // this process is alive: never presumed dead
+  EXPECT_FALSE(a->try_take_over().has_value()) << "the holder is alive";
+  uint64_t waits = 0;
+  auto r = a->lock([&] { ++waits; });
+  EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_GT(waits, 0u) << "the waiter keeps its replicas moving";
+  b->unlock();
+  EXPECT_TRUE(a->lock(noop).ok()) << "free again";
+  a->unlock();
+}
+
+TEST(BakeryScanOrder, ParticipantOnAnotherHostIsPresumedDeadAfterTheRemoteLease) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto a = BakeryScanOrder::create(mem.span(), {.remote_lease = std::chrono::milliseconds(50)}).value();
+  // The documented layout: participant 4's block at 4096 * 5; number at 8, stamp at 16, holding
+  // at 24, owner at 32, recorded scan id at 72 (its mask at 80, an empty entry).
+  const size_t block = BakeryScanOrder::kBlockBytes * 5;
+  mem.word(block + 72) = 5;
+  mem.word(block + 80) = 1;
+  mem.word(block + 8) = 1;
+  mem.word(block + 24) = 1;
+  mem.word(block + 32) = uint64_t{host_tag() + 1} << 32 | 12345;
+  mem.word(block + 16) = realtime_now() + 3600ull * 1000000000u;  // just taken, as the stamp says
+  EXPECT_FALSE(a->try_take_over().has_value());
+  mem.word(block + 16) = realtime_now() - 1000000000u;  // held for a second: past the lease
+  auto o = a->try_take_over();
+  ASSERT_TRUE(o.has_value());
+  EXPECT_EQ(o->id, 5u);
+  EXPECT_EQ(a->take_overs(), 1u);
+  a->clear_orphan();
+  a->unlock();
+}
+
+// As SharedScanOrder's: the orphan Clear of a dead participant runs first, once, on every replica.
+TEST(BakeryScanOrder, CnrCompletesAnOrphanBeforeTheNextScan) {
+  using Map = ConcurrentHashMap;
+  using Group = CnrGroup<Map, HashMapLogMapper, logs::RingLog>;
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  auto g = Group::create(
+               4, [] {
+                 logs::LogOptions lo;
+                 lo.slot_count = 256;
+                 return lo;
+               }(),
+               [](const logs::LogOptions& o) { return logs::RingLog::create(o); }, HashMapLogMapper{},
+               BakeryScanOrder::create(mem.span(), {}).value())
+               .value();
+  auto r0 = g->make_replica(ReplicaOptions{}).value();
+  auto r1 = g->make_replica(ReplicaOptions{}).value();
+  auto t0 = r0->register_thread().value();
+  auto t1 = r1->register_thread().value();
+  for (uint64_t k = 0; k < 10; ++k) ASSERT_TRUE(r0->execute_mut({Map::WriteOp::kPut, k, k}, t0).ok());
+  Group::Entry clear{};
+  clear.kind = Group::Entry::kScanUpdate;
+  clear.issuer_replica = 40;  // nobody here: the issuer is gone
+  clear.scan_mask = g->all_logs_mask();
+  clear.scan = {Map::ScanOp::kClear, 0, 0};
+  ASSERT_EQ(in_child([&] {
+              auto c = BakeryScanOrder::attach(mem.span(), slot(2)).value();
+              if (!c->lock(noop).ok()) _exit(1);
+              clear.scan_id = c->next_id();
+              c->record(clear.scan_id, clear.scan_mask, std::as_bytes(std::span<const Group::Entry>(&clear, 1)));
+              _exit(0);
+            }),
+            0);
+  EXPECT_EQ(r1->execute_scan({Map::ScanOp::kSize, 0, 0}, t1).value(), std::optional<uint64_t>(0))
+      << "the orphan Clear ran before this scan";
+  EXPECT_EQ(r1->orphans_completed(), 1u);
+  EXPECT_EQ(r0->execute_scan({Map::ScanOp::kSize, 0, 0}, t0).value(), std::optional<uint64_t>(0));
+  EXPECT_EQ(r0->scans_executed(), r1->scans_executed()) << "every replica ran the Clear once, and the Sizes";
 }
 
 }  // namespace
