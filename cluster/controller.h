@@ -88,8 +88,6 @@ class Controller {
   Status wait_run(uint64_t run_id, Clock::time_point deadline, v1::RunReply* reply);
   Status status(const v1::StatusRequest& request, v1::StatusReply* reply);
   Status shutdown(const v1::ShutdownRequest& request);
-  // The secret check alone (Run's handler checks before it starts waiting).
-  Status check_secret(const std::string& secret) const;
 
   // Fences every live machine whose last heartbeat is older than the lease; returns their node
   // ids. The server calls it every heartbeat period; tests call it after moving the clock.
@@ -103,6 +101,9 @@ class Controller {
   const ControllerOptions& options() const { return options_; }
 
  private:
+  // Every request's first check: the secret, compared in constant time.
+  Status check_secret(const std::string& secret) const;
+
   struct Node {
     uint32_t id = 0;
     uint64_t token = 0;

@@ -345,14 +345,14 @@ BakeryScanOrder::Outcome BakeryScanOrder::compete(bool patient, FunctionRef<void
   uint64_t stamp = realtime_ns();
   write(kStampOff, stamp);
   write(kChoosingOff, 1);
-  // seq_cst fence: our stores are visible before the loads below (store-load order, mfence).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Our stores are visible before the loads below (store-load order).
+  logs::shm::cache::store_load_fence();
   uint64_t highest = 0;
   for (uint32_t p = 0; p < kMaxParticipants; ++p) highest = std::max(highest, p == me ? 0 : read(p, kNumberOff));
   const uint64_t mine = highest + 1;
   write(kNumberOff, mine);
   write(kChoosingOff, 0);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  logs::shm::cache::store_load_fence();
   // Wait for everyone ahead.
   for (uint32_t p = 0; p < kMaxParticipants; ++p) {
     if (p == me) continue;

@@ -176,7 +176,7 @@ class SharedScanOrder final : public ScanOrder {
 // The bakery (noncoherent memory). Participant i takes a ticket: choosing[i] = 1, number[i] = 1 +
 // the highest number it reads, choosing[i] = 0; then waits, for every other j, until j is not
 // choosing and holds no ticket ordered before its own ((number, slot) pairs). Unlock: number[i] =
-// 0. Each store is released and written back, and a seq_cst fence (mfence, not a locked
+// 0. Each store is released and written back, and a store-load fence (mfence, not a locked
 // instruction) orders a participant's stores before its following loads, as the bakery needs.
 // Ids: the holder takes 1 + the highest id any participant issued (its own word, written back
 // before it unlocks). Cancellations: each participant lists the ids it cancelled; is_cancelled

@@ -118,4 +118,15 @@ inline void invalidate(const void* p, size_t n) {
 #endif
 }
 
+// Orders this thread's earlier stores before its later loads (the store-load order Dekker-style
+// protocols need; mfence, not a locked instruction). An asm statement on x86: ThreadSanitizer
+// rejects std::atomic_thread_fence.
+inline void store_load_fence() {
+#if defined(__x86_64__)
+  asm volatile("mfence" ::: "memory");
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
 }  // namespace nrx::logs::shm::cache

@@ -23,7 +23,11 @@ Status Command::parse(const std::vector<std::string>& args) {
       continue;
     }
     if (a.rfind("--", 0) != 0 || a.size() == 2) {
-      return Status::invalid_argument("unexpected argument '" + a + "'");
+      if (positional_metavar_.empty() || positional_.has_value() || a.rfind("-", 0) == 0) {
+        return Status::invalid_argument("unexpected argument '" + a + "'");
+      }
+      positional_ = a;
+      continue;
     }
     std::string name = a.substr(2);
     std::optional<std::string> value;
@@ -69,7 +73,14 @@ Result<uint64_t> Command::get_u64(const std::string& name, uint64_t fallback, ui
 }
 
 std::string Command::usage() const {
-  std::string s = "usage: nrx " + name_ + " [options]\n\n" + summary_ + "\n\noptions:\n";
+  std::string s = "usage: nrx " + name_ + " [options]" +
+                  (positional_metavar_.empty() ? "" : " " + positional_metavar_) + "\n\n" + summary_ + "\n\n";
+  if (!positional_metavar_.empty()) {
+    std::string left = "  " + positional_metavar_;
+    if (left.size() < 28) left.resize(28, ' ');
+    s += "arguments:\n" + left + positional_help_ + "\n\n";
+  }
+  s += "options:\n";
   for (const std::string& n : order_) {
     const Spec& sp = specs_.at(n);
     std::string left = "  --" + n + (sp.metavar.empty() ? "" : " " + sp.metavar);
@@ -81,6 +92,11 @@ std::string Command::usage() const {
   }
   s += "  -h, --help                show this help\n";
   return s;
+}
+
+void Command::positional_arg(std::string metavar, std::string help) {
+  positional_metavar_ = std::move(metavar);
+  positional_help_ = std::move(help);
 }
 
 int fail(const Command& cmd, const Status& status) {

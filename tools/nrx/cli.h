@@ -27,16 +27,20 @@ class Command {
   void option(std::string name, std::string metavar, std::string help, std::string fallback = "");
   // Declares a boolean --|name|.
   void flag(std::string name, std::string help);
+  // Declares the command's one positional argument, shown as |metavar| (e.g. WORKLOAD, DIR).
+  // Whether it is required is the command's call: positional() is empty when it was not given.
+  void positional_arg(std::string metavar, std::string help);
 
   // Parses |args| (without the program and command names). Sets help_requested() on -h/--help.
   // Errors: kInvalidArgument for an unknown option, a missing value, a value given to a flag, or
-  // a positional argument.
+  // a positional argument the command does not declare (or a second one).
   Status parse(const std::vector<std::string>& args);
 
   bool help_requested() const { return help_; }
   bool has(const std::string& name) const { return values_.count(name) != 0; }
   bool flag_set(const std::string& name) const { return has(name); }
   std::optional<std::string> get(const std::string& name) const;
+  const std::optional<std::string>& positional() const { return positional_; }
   // The option as an integer in [lo, hi], or |fallback| when it was not given.
   // Errors: kInvalidArgument (not a number, out of range), naming the option.
   Result<uint64_t> get_u64(const std::string& name, uint64_t fallback, uint64_t lo, uint64_t hi) const;
@@ -55,6 +59,9 @@ class Command {
   std::vector<std::string> order_;
   std::map<std::string, Spec> specs_;
   std::map<std::string, std::string> values_;
+  std::string positional_metavar_;  // empty: none declared
+  std::string positional_help_;
+  std::optional<std::string> positional_;
   bool help_ = false;
 };
 

@@ -555,28 +555,18 @@ static int cluster_run(const std::vector<std::string>& args) {
   cli::Command cmd("cluster run",
                    "Run a workload on every live machine of the cluster: each boots the kernel on a freshly\n"
                    "formatted shared region, runs it with writes from every machine, and reports its replicas'\n"
-                   "digests. Exit 0 when every machine's every replica ends with the same digests.\n"
-                   "usage: nrx cluster run [options] WORKLOAD   (demo, kv, fsbench, mapbench, logbench)");
+                   "digests. Exit 0 when every machine's every replica ends with the same digests.");
+  cmd.positional_arg("WORKLOAD", "demo, kv, fsbench, mapbench or logbench (required)");
   common_access_options(cmd);
   cmd.option("seconds", "S", "how long the workload runs", "3");
   cmd.option("seed", "N", "random seed (machine m uses seed + m)", "1");
   cmd.option("timeout", "S", "give up after S seconds", "600");
-  std::vector<std::string> rest;
-  std::string workload;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i].rfind("-", 0) != 0 && workload.empty() && (i == 0 || args[i - 1].rfind("--", 0) != 0 ||
-                                                           args[i - 1].find('=') != std::string::npos ||
-                                                           args[i - 1] == "--help" || args[i - 1] == "-h")) {
-      workload = args[i];
-    } else {
-      rest.push_back(args[i]);
-    }
-  }
-  if (Status st = cmd.parse(rest); !st.ok()) return cli::fail(cmd, st);
+  if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
+  const std::string workload = cmd.positional().value_or("");
   if (workload.empty()) return cli::fail(cmd, Status::invalid_argument("name a WORKLOAD (demo, kv, fsbench, mapbench, logbench)"));
   auto seed = cmd.get_u64("seed", 1, 0, UINT64_MAX);
   auto timeout = cmd.get_u64("timeout", 600, 1, 3600);
@@ -642,26 +632,15 @@ static int cluster_run(const std::vector<std::string>& args) {
 static int cluster_init(const std::vector<std::string>& args) {
   cli::Command cmd("cluster init",
                    "Make a cluster directory: a random secret and a self-signed CA with the controller's\n"
-                   "certificate (OpenSSL). The controller then serves TLS and machines check it.\n"
-                   "usage: nrx cluster init [--san NAME,...] DIR");
+                   "certificate (OpenSSL). The controller then serves TLS and machines check it.");
+  cmd.positional_arg("DIR", "the directory to create (required)");
   cmd.option("san", "NAMES", "more names or IPs the controller is reached by (comma-separated)");
-  std::vector<std::string> rest;
-  std::string dir;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--san" && i + 1 < args.size()) {
-      rest.push_back(args[i]);
-      rest.push_back(args[++i]);
-    } else if (args[i].rfind("-", 0) != 0 && dir.empty()) {
-      dir = args[i];
-    } else {
-      rest.push_back(args[i]);
-    }
-  }
-  if (Status st = cmd.parse(rest); !st.ok()) return cli::fail(cmd, st);
+  if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
+  const std::string dir = cmd.positional().value_or("");
   if (dir.empty()) return cli::fail(cmd, Status::invalid_argument("name the directory to create"));
   Status st = cluster::init_cluster_dir(dir, split(cmd.get("san").value_or(""), ','));
   if (!st.ok()) {

@@ -45,17 +45,24 @@ struct Source {
   }
 };
 
-// The append + exec loop for |seconds|; entries appended (this machine's).
-template <typename Log>
-uint64_t loop(Log& log, logs::ReplicaId me, uint32_t machine, double seconds, uint64_t& digest, uint32_t& done_seen) {
-  Source src;
-  auto visit = [&](const logs::Entry& e) {
+// What a replica makes of the entries it applies: a digest of their words in log order, and how
+// many done markers it has seen.
+struct Applied {
+  uint64_t digest = 0;
+  uint32_t done_seen = 0;
+  void operator()(const logs::Entry& e) {
     uint64_t w[2] = {};
     std::memcpy(w, e.data.data(), std::min(e.data.size(), sizeof w));
     if (w[0] == kDoneMagic) ++done_seen;
     digest = mix(digest, w[0]);
     digest = mix(digest, w[1]);
-  };
+  }
+};
+
+// The append + exec loop for |seconds|; entries appended (this machine's).
+template <typename Log>
+uint64_t loop(Log& log, logs::ReplicaId me, uint32_t machine, double seconds, Applied& visit) {
+  Source src;
   uint64_t appended = 0;
   const Clock::time_point end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   while (Clock::now() < end) {
@@ -87,10 +94,9 @@ Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, bool noncohere
   {
     NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::RingLog> ring, logs::RingLog::create(options(1)));
     NRX_ASSIGN_OR_RETURN(logs::ReplicaId me, ring->register_replica());
-    uint64_t digest = 0;
-    uint32_t done = 0;
+    Applied applied;
     const Clock::time_point t0 = Clock::now();
-    const uint64_t n = loop(*ring, me, sp.machine, seconds, digest, done);
+    const uint64_t n = loop(*ring, me, sp.machine, seconds, applied);
     out.ring_ops_per_s = static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
   }
   NRX_ASSIGN_OR_RETURN(boot::SharedRegion region, boot::open_shared_region(sp));
@@ -122,29 +128,21 @@ Result<LogBenchResult> run_logbench(const boot::ShmPlacement& sp, bool noncohere
     (void)log->heartbeat();
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // polling shared membership, deadline above
   }
-  uint64_t digest = 0;
-  uint32_t done = 0;
+  Applied visit;
   const Clock::time_point t0 = Clock::now();
-  const uint64_t n = loop(*log, me, sp.machine, seconds, digest, done);
+  const uint64_t n = loop(*log, me, sp.machine, seconds, visit);
   out.shm_ops_per_s = static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
   // The done marker, then apply until every machine's is seen.
   std::array<uint64_t, kEntryBytes / 8> marker{kDoneMagic, sp.machine};
   const std::array<std::span<const std::byte>, 1> batch{std::as_bytes(std::span(marker))};
-  auto visit = [&](const logs::Entry& e) {
-    uint64_t w[2] = {};
-    std::memcpy(w, e.data.data(), std::min(e.data.size(), sizeof w));
-    if (w[0] == kDoneMagic) ++done;
-    digest = mix(digest, w[0]);
-    digest = mix(digest, w[1]);
-  };
   NRX_RETURN_IF_ERROR(log->append(me, logs::Batch(batch.data(), 1), visit).status());
   const Clock::time_point drain_deadline = Clock::now() + std::chrono::minutes(2);
-  while (done < sp.machines) {
+  while (visit.done_seen < sp.machines) {
     if (lost()) return Status(StatusCode::kAborted, "this machine was fenced");
     if (Clock::now() >= drain_deadline) return Status::deadline_exceeded("not every machine finished the logbench");
     NRX_RETURN_IF_ERROR(log->exec(me, visit).status());
   }
-  out.digest = digest;
+  out.digest = visit.digest;
   out.entries = log->tail();
   out.appended = n;
   NRX_RETURN_IF_ERROR(before_close());
