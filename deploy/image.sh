@@ -6,13 +6,16 @@
 #                         faster under TCG than the bzImage, see /work/shared/notes/qemu.md)
 #   OUT/initramfs.cpio    busybox-static, kmod's modprobe, the kernel modules the cluster needs, the
 #                         nrx binaries with their shared libraries, the CXL tools (cxl and ndctl
-#                         from Debian's ndctl, for vm.sh --shm cxl), and an /init that configures
-#                         eth0 when the environment has NRX_IP, runs the script QEMU passes through
-#                         fw_cfg (opt/nrx/script), prints `NRX-EXIT <rc>` on the console and
-#                         powers off.
+#                         from Debian's ndctl, for vm.sh --shm cxl), soft-RoCE (the rdma_rxe,
+#                         ib_uverbs and rdma_ucm modules, iproute2's rdma, ibv_devinfo, the
+#                         libibverbs rxe provider and the nrx_rxe helper, for real verbs between
+#                         the VMs of vm.sh --net private), and an /init that configures eth0 when
+#                         the environment has NRX_IP, runs the script QEMU passes through fw_cfg
+#                         (opt/nrx/script), prints `NRX-EXIT <rc>` on the console and powers off.
 # The kernel is downloaded once (OUT/kernel/<version>/, with its modules); the initramfs is rebuilt
-# whenever one of its inputs changes (a binary's contents, busybox, kmod, cxl/ndctl, the module
-# list, this script), judged by a SHA-256 stamp, so `vm.sh up` can call this every time at ~0.2 s.
+# whenever one of its inputs changes (a binary's contents, busybox, kmod, cxl/ndctl, the RDMA tools
+# and rxe provider, the module list, this script), judged by a SHA-256 stamp, so `vm.sh up` can
+# call this every time at ~0.2 s.
 #
 # Usage example:
 #   deploy/image.sh                          # build or refresh build/guest/ for build/bin/nrx
@@ -49,16 +52,25 @@ options:
 
 Needs (Debian 12): apt-get, dpkg, busybox-static, kmod, cpio, xz-utils; ndctl for the CXL tools
 (without it the image is built without them, with a warning, and `vm.sh --shm cxl` refuses to
-start); root is not needed (except to apt-get install missing packages). The kernel comes from the versioned package that
+start); iproute2, ibverbs-utils and ibverbs-providers for soft-RoCE (without them the image is
+built without RDMA, with a warning, and nrx_rxe fails); root is not needed (except to apt-get
+install missing packages). The kernel comes from the versioned package that
 `apt-cache depends linux-image-amd64` names.
 
 Modules always included: qemu_fw_cfg (the script channel), virtio_pci and virtio_net (the NIC of
 `vm.sh --net private`; Debian builds the virtio PCI transport as a module too) and, for CXL shared
 memory, cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax. ivshmem needs no module
-(the guest uses /sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core).
+(the guest uses /sys/bus/pci/devices/*/resource2 and /dev/mem through the PCI core). With the
+RDMA tools below also rdma_rxe ib_uverbs rdma_ucm (soft-RoCE; ib_core, rdma_cm and the rest come
+as dependencies) and crc32_generic crc32_pclmul (rdma_rxe asks the crypto API for "crc32", which
+request_module()s crypto-crc32 through kmod's modprobe).
 
 Binaries always included when the host has them (package ndctl): /usr/bin/cxl and /usr/bin/ndctl
-with their libraries (what nrx_cxl_dax needs).
+with their libraries (what nrx_cxl_dax needs). For soft-RoCE (what nrx_rxe needs), all or none:
+/usr/bin/rdma (iproute2) and /usr/bin/ibv_devinfo (ibverbs-utils) with their libraries, and the
+libibverbs provider of rxe (ibverbs-providers: /usr/lib/x86_64-linux-gnu/libibverbs/
+librxe-rdmav*.so, dlopen'ed, with its libraries) and /etc/libibverbs.d/rxe.driver, at the same
+paths in the guest.
 
 The guest's /init: when its environment (opt/nrx/env) has NRX_IP, it loads virtio_pci and
 virtio_net, brings up lo and eth0 and gives eth0 the address NRX_IP/24 (busybox ip) before it
@@ -76,6 +88,16 @@ Guest helpers installed in /usr/bin:
                                  it MAP_SHARED, 4 KiB-aligned), or with --phys its physical start
                                  address (for busybox devmem; vm.sh boots with iomem=relaxed
                                  nopat, without which devmem's mmap fails)
+  nrx_rxe [--gid-index]          (vm.sh --net private) soft-RoCE on eth0: load rdma_rxe ib_uverbs
+                                 rdma_ucm, `rdma link add rxe0 type rxe netdev eth0` unless rxe0
+                                 exists (idempotent), wait up to 10 s for PORT_ACTIVE (ibv_devinfo
+                                 -d rxe0) and a non-zero RoCE v2 GID on port 1, print one line:
+                                 `rxe0 netdev=eth0 state=PORT_ACTIVE gid_index=N gid=G
+                                 ipv4_gid_index=M ipv4_gid=G4` (N: the first RoCE v2 GID, the
+                                 IPv6 link-local default GID, 0 with Linux 6.1's rxe; M: the RoCE
+                                 v2 GID of eth0's IPv4 address, ::ffff:a.b.c.d, 1 there, or -
+                                 when eth0 has no IPv4 address; both work between VMs), or with
+                                 --gid-index only N; exit 1 with the failing step's output
 USAGE
 }
 
@@ -158,6 +180,21 @@ if ((${#cxl_tools[@]} < 2)); then
   say "warning: 'cxl' or 'ndctl' not found: the image gets no CXL tools (vm.sh --shm cxl needs them: apt-get install ndctl)"
   cxl_tools=()
 fi
+# Soft-RoCE in the guest (nrx_rxe): iproute2's rdma, ibverbs-utils' ibv_devinfo, and the rxe
+# provider that libibverbs dlopen()s (found through /etc/libibverbs.d/rxe.driver), all or none.
+rdma_tools=() rxe_provider="" rxe_driver=/etc/libibverbs.d/rxe.driver
+for t in /usr/bin/rdma /usr/bin/ibv_devinfo; do
+  [[ -x "$t" ]] && rdma_tools+=("$t")
+done
+for f in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
+  [[ -f "$f" ]] && rxe_provider="$f"
+done
+if ((${#rdma_tools[@]} < 2)) || [[ -z "$rxe_provider" || ! -f "$rxe_driver" ]]; then
+  say "warning: /usr/bin/rdma, /usr/bin/ibv_devinfo, the rxe provider (librxe-rdmav*.so) or $rxe_driver not found: the image gets no soft-RoCE (nrx_rxe needs them: apt-get install iproute2 ibverbs-utils ibverbs-providers)"
+  rdma_tools=() rxe_provider="" rxe_driver=""
+fi
+rdma_modules=()
+[[ -n "$rxe_provider" ]] && rdma_modules=(rdma_rxe ib_uverbs rdma_ucm crc32_generic crc32_pclmul)
 
 mkdir -p "$out" || die "cannot create $out"
 out="$(realpath "$out")"
@@ -165,7 +202,8 @@ out="$(realpath "$out")"
 exec 9>"$out/.lock"
 flock -w 900 9 || die "timed out waiting for another image.sh on $out"
 
-modules=(qemu_fw_cfg virtio_pci virtio_net cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax "${extra_modules[@]}")
+modules=(qemu_fw_cfg virtio_pci virtio_net cxl_acpi cxl_pci cxl_mem cxl_pmem nd_pmem dax_pmem device_dax
+         "${rdma_modules[@]}" "${extra_modules[@]}")
 total_start=$(now)
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +293,8 @@ case "$compress" in gzip) initramfs="$out/initramfs.cpio.gz" ;; zstd) initramfs=
 stamp="$( {
   echo "kernel $kernel_version strip $strip compress $compress"
   echo "modules ${modules[*]}"
-  sha256sum "$self" "$busybox_bin" "$kmod_bin" "${cxl_tools[@]}" "${bin_files[@]}"
+  sha256sum "$self" "$busybox_bin" "$kmod_bin" "${cxl_tools[@]}" "${bin_files[@]}" \
+    "${rdma_tools[@]}" ${rxe_provider:+"$rxe_provider"} ${rxe_driver:+"$rxe_driver"}
 } | sha256sum | cut -d' ' -f1)"
 
 if ((rebuild == 0)) && [[ -f "$initramfs" && "$(cat "$out/initramfs.stamp" 2>/dev/null)" == "$stamp" ]]; then
@@ -316,6 +355,18 @@ else
     cp "$f" "$stage/usr/bin/$(basename "$f")"
     copy_libs "$f"
   done
+  # Soft-RoCE: rdma and ibv_devinfo, and the rxe provider with its driver file at the host's paths
+  # (libibverbs dlopen()s the provider, so ldd of the tools does not name it: copy_libs it too).
+  for f in "${rdma_tools[@]}"; do
+    cp "$f" "$stage/usr/bin/$(basename "$f")"
+    copy_libs "$f"
+  done
+  if [[ -n "$rxe_provider" ]]; then
+    mkdir -p "$stage$(dirname "$rxe_provider")" "$stage$(dirname "$rxe_driver")"
+    cp -L "$rxe_provider" "$stage$rxe_provider"
+    cp -L "$rxe_driver" "$stage$rxe_driver"
+    copy_libs "$rxe_provider"
+  fi
   # libgcc_s is dlopen'ed by glibc for pthread_cancel and unwinding even where ldd does not list it.
   # awk reads to the end: exiting at the first match would SIGPIPE ldconfig once its cache outgrows
   # a pipe buffer, and under pipefail that fails this assignment (and the script, silently).
@@ -456,6 +507,94 @@ else
 fi
 HELPER
   chmod 755 "$stage/usr/bin/nrx_cxl_dax"
+
+  # Guest helper for soft-RoCE on the private network (vm.sh --net private): the rxe device rxe0 on
+  # eth0, checked through libibverbs (ibv_devinfo loads the rxe provider) and the GID table.
+  cat >"$stage/usr/bin/nrx_rxe" <<'HELPER'
+#!/bin/sh
+# nrx_rxe [--gid-index]: soft-RoCE on eth0 (idempotent: the device is added only when rxe0 does
+# not exist yet): load rdma_rxe ib_uverbs rdma_ucm, `rdma link add rxe0 type rxe netdev eth0`,
+# wait (10 s at most, polling every 0.1 s) until `ibv_devinfo -d rxe0` shows PORT_ACTIVE and port 1
+# has a non-zero RoCE v2 GID (and, when eth0 has an IPv4 address, its ::ffff:a.b.c.d GID). Prints
+#   rxe0 netdev=eth0 state=PORT_ACTIVE gid_index=N gid=G ipv4_gid_index=M ipv4_gid=G4
+# (N: the first RoCE v2 GID; M: the RoCE v2 GID of eth0's IPv4 address, - without one), or with
+# --gid-index only N. Exit 1 with the failing step's output.
+dev=rxe0; netdev=eth0; port=/sys/class/infiniband/rxe0/ports/1; log=/run/nrx_rxe.log
+only_index=0
+case "${1:-}" in
+  --gid-index) only_index=1 ;;
+  "") ;;
+  *) echo "usage: nrx_rxe [--gid-index]" >&2; exit 2 ;;
+esac
+fail() { echo "nrx_rxe: $*" >&2; [ -s "$log" ] && sed 's/^/  /' "$log" >&2; exit 1; }
+centis() { read -r up _ </proc/uptime; echo $((${up%.*} * 100 + 1${up#*.} - 100)); }
+{ command -v rdma && command -v ibv_devinfo; } >/dev/null \
+  || fail "no rdma/ibv_devinfo in the image (install iproute2 ibverbs-utils ibverbs-providers on the host and rebuild it with deploy/image.sh)"
+[ -e /sys/class/net/$netdev ] \
+  || fail "no $netdev (start the VMs with deploy/vm.sh --net private: /init configures $netdev when NRX_IP is set)"
+deadline=$(($(centis) + 1000))
+if [ ! -e /sys/class/infiniband/$dev ]; then
+  # One set-up at a time (busybox has no flock): a lock directory, removed on exit.
+  until mkdir /run/nrx_rxe.lock 2>/dev/null; do
+    [ "$(centis)" -lt "$deadline" ] || fail "another nrx_rxe holds /run/nrx_rxe.lock"
+    sleep 0.1
+  done
+  trap 'rmdir /run/nrx_rxe.lock 2>/dev/null' EXIT
+  if [ ! -e /sys/class/infiniband/$dev ]; then
+    : >"$log"
+    modprobe -a rdma_rxe ib_uverbs rdma_ucm >>"$log" 2>&1 || fail "modprobe rdma_rxe ib_uverbs rdma_ucm failed"
+    until [ "$(cat /sys/class/net/$netdev/operstate 2>/dev/null)" = up ]; do
+      [ "$(centis)" -lt "$deadline" ] || fail "$netdev is not up (operstate $(cat /sys/class/net/$netdev/operstate))"
+      sleep 0.1
+    done
+    rdma link add $dev type rxe netdev $netdev >>"$log" 2>&1 \
+      || fail "rdma link add $dev type rxe netdev $netdev failed"
+  fi
+  rmdir /run/nrx_rxe.lock; trap - EXIT
+fi
+: >"$log"
+has_ipv4=0
+ip -4 addr show dev $netdev 2>/dev/null | grep -q ' inet ' && has_ipv4=1
+zero=0000:0000:0000:0000:0000:0000:0000:0000
+while :; do
+  state=$(ibv_devinfo -d $dev 2>&1 | tee "$log" | sed -n 's/^[[:space:]]*state:[[:space:]]*\([A-Z_]*\).*/\1/p' | head -n 1)
+  gid_index=-; gid=-; ipv4_index=-; ipv4_gid=-
+  if [ "$state" = PORT_ACTIVE ] && [ -d $port/gids ]; then
+    # The GID table (1024 entries for rxe, filled from index 0): `read` is a shell builtin, no
+    # process per entry. Unused entries read as zeros (their gid_attrs/types file cannot be read);
+    # the scan stops after 16 unused entries in a row.
+    set -- $port/gids/*; n=$#; i=0; unused=0
+    while [ "$i" -lt "$n" ] && [ "$unused" -lt 16 ]; do
+      g=$zero; t=""
+      read -r g 2>/dev/null <$port/gids/$i
+      if [ "$g" = "$zero" ]; then
+        unused=$((unused + 1))
+      else
+        unused=0
+        if read -r t 2>/dev/null <$port/gid_attrs/types/$i && [ "$t" = "RoCE v2" ]; then
+          [ "$gid_index" = - ] && { gid_index=$i; gid=$g; }
+          case "$g" in 0000:0000:0000:0000:0000:ffff:*) [ "$ipv4_index" = - ] && { ipv4_index=$i; ipv4_gid=$g; } ;; esac
+        fi
+      fi
+      [ "$gid_index" != - ] && { [ "$ipv4_index" != - ] || [ "$has_ipv4" = 0 ]; } && break
+      i=$((i + 1))
+    done
+    [ "$gid_index" != - ] && { [ "$ipv4_index" != - ] || [ "$has_ipv4" = 0 ]; } && break
+  fi
+  if [ "$(centis)" -ge "$deadline" ]; then
+    [ "$state" = PORT_ACTIVE ] || fail "$dev: port 1 is ${state:-not listed by ibv_devinfo}, not PORT_ACTIVE, after 10 s"
+    [ "$gid_index" != - ] || fail "$dev: port 1 has no non-zero RoCE v2 GID after 10 s"
+    fail "$dev: port 1 has no RoCE v2 GID for the IPv4 address of $netdev after 10 s"
+  fi
+  sleep 0.1
+done
+if [ "$only_index" = 1 ]; then
+  echo "$gid_index"
+else
+  echo "$dev netdev=$netdev state=$state gid_index=$gid_index gid=$gid ipv4_gid_index=$ipv4_index ipv4_gid=$ipv4_gid"
+fi
+HELPER
+  chmod 755 "$stage/usr/bin/nrx_rxe"
 
   # /init: mount the basics, load qemu_fw_cfg, read the environment (opt/nrx/env) and the script
   # (opt/nrx/script) QEMU passes, configure eth0 when the environment has NRX_IP (vm.sh --net

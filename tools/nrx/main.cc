@@ -1,5 +1,5 @@
 // nrx: the one command-line entry point (DESIGN 1, tools/). Subcommands grow with the kernel:
-// boot, node, sweep, fs, controller and cluster.
+// boot, node, sweep, fs, controller, cluster and rdma.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -13,6 +13,7 @@ int run_node(const std::vector<std::string>& args);
 int run_node_agent(const std::vector<std::string>& args);
 int run_controller(const std::vector<std::string>& args);
 int run_cluster(const std::vector<std::string>& args);
+int run_rdma(const std::vector<std::string>& args);
 }  // namespace nrx::tools
 
 namespace {
@@ -30,6 +31,7 @@ constexpr const char* kUsage =
     "              with --controller ADDR, a cluster machine run by the controller (`nrx node --controller x --help`)\n"
     "  controller  the cluster's gRPC control plane: joins, leases, fencing, runs\n"
     "  cluster     up, run, status, down: a QEMU cluster of nrx machines (deploy/), and init (secret, TLS)\n"
+    "  rdma        probe (is an RDMA device usable here?) and ping (real verbs against a peer's memory)\n"
     "  help        show this help, or `nrx help <command>` for a command's options\n"
     "\n"
     "Run `nrx <command> --help` for the options of a command.\n";
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
   }
   if (command == "controller") return nrx::tools::run_controller(args);
   if (command == "cluster") return nrx::tools::run_cluster(args);
+  if (command == "rdma") return nrx::tools::run_rdma(args);
   std::fprintf(stderr, "nrx: unknown command '%s' (see 'nrx --help')\n", command.c_str());
   return 2;
 }

@@ -1,0 +1,37 @@
+# Guest script of the soft-RoCE smoke test: runs in every VM of `deploy/vm.sh --net private`
+# (busybox sh, started by the guest's /init with NRX_VM_INDEX, NRX_VMS and NRX_IP in its
+# environment, eth0 already configured).
+#   - nrx_rxe: rdma_rxe ib_uverbs rdma_ucm, `rdma link add rxe0 type rxe netdev eth0`, PORT_ACTIVE
+#     and the RoCE v2 GID index (printed as one summary line);
+#   - nrx_rxe again (idempotent: same GID index, no second device);
+#   - `ibv_devinfo -d rxe0 -v` (libibverbs with the rxe provider), printed with a prefix; the GID
+#     index of nrx_rxe must be listed there as RoCE v2;
+#   - `nrx rdma probe` (transport/verbs picks the same device and a RoCE v2 GID);
+#   - `nrx rdma ping`: VM 0 listens, VM 1 connects (real RC verbs on VM 0's registered memory:
+#     FETCH_AND_ADDs each checked, COMPARE_AND_SWAP, WRITE read back by READs); other VMs idle;
+#   - the marker `RXE-OK vm=I gid_index=N`.
+# Exit 0 on success; the host checks the markers, PORT_ACTIVE and every VM's NRX-EXIT code.
+set -eu
+fail() { echo "rxe-test: FAIL: $*"; exit 1; }
+t0=$(cut -d' ' -f1 /proc/uptime)
+summary=$(nrx_rxe) || fail "nrx_rxe failed (its messages are above)"
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "rxe-test: vm $NRX_VM_INDEX of $NRX_VMS ($NRX_IP): $summary (nrx_rxe ${t0}s -> ${t1}s)"
+gid_index=$(nrx_rxe --gid-index) || fail "nrx_rxe --gid-index failed"
+case "$summary" in *" gid_index=$gid_index "*) ;; *) fail "nrx_rxe --gid-index gave $gid_index, the summary says: $summary" ;; esac
+set -- /sys/class/infiniband/*
+[ $# = 1 ] || fail "not exactly one RDMA device: $*"
+
+ibv_devinfo -d rxe0 -v >/tmp/devinfo.txt 2>&1 || { cat /tmp/devinfo.txt; fail "ibv_devinfo -d rxe0 -v failed"; }
+sed 's/^/rxe-test: devinfo: /' /tmp/devinfo.txt
+grep -q 'state:[[:space:]]*PORT_ACTIVE' /tmp/devinfo.txt || fail "ibv_devinfo shows no PORT_ACTIVE port"
+grep -q 'transport:[[:space:]]*InfiniBand' /tmp/devinfo.txt || fail "ibv_devinfo shows no InfiniBand transport"
+# rdma-core prints the GID table as `GID[  N]:  ADDRESS, RoCE v2`.
+grep -Eq "GID\[ *$gid_index\]:.*RoCE v2" /tmp/devinfo.txt || fail "ibv_devinfo does not list GID $gid_index as RoCE v2"
+nrx rdma probe || fail "nrx rdma probe failed"
+set -- $NRX_PEERS
+case "$NRX_VM_INDEX" in
+  0) nrx rdma ping --listen 7800 --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --listen failed" ;;
+  1) nrx rdma ping --connect "$1:7800" --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --connect failed" ;;
+esac
+echo "RXE-OK vm=$NRX_VM_INDEX gid_index=$gid_index"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Real verbs between VMs over soft-RoCE: two QEMU VMs on the private network of `deploy/vm.sh run
+# --net private` (--shm none); each runs nrx_rxe (rdma_rxe on eth0: device rxe0, PORT_ACTIVE, a
+# RoCE v2 GID), `ibv_devinfo -d rxe0 -v` and `nrx rdma probe` (transport/verbs); then VM 1 runs
+# `nrx rdma ping` against VM 0: an RC queue pair on VM 0's registered memory, FETCH_AND_ADDs whose
+# every returned value is checked, a COMPARE_AND_SWAP, a WRITE read back by READs, and VM 0's
+# counter compared at the end (guest script: rxe.sh). Checks both consoles for the markers,
+# PORT_ACTIVE, the ping's OK and NRX-EXIT 0; prints the round trips (TCG: the emulation's) and the
+# elapsed time. Exit 77 (ctest SKIP_RETURN_CODE) where
+# qemu-system-x86_64, root, iproute2 (ip, rdma), /dev/net/tun or the host's ibverbs (ibv_devinfo,
+# the rxe provider) are missing.
+#
+#   tests/cluster/rxe_test.sh [--bin PATH] [--dir DIR] [--image DIR]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+bin="$root/build/bin/nrx"
+dir="$root/build/cluster/rxe"
+image="$root/build/guest"
+vms=2
+
+say() { printf 'rxe_test: %s\n' "$*"; }
+die() { printf 'rxe_test: %s\n' "$*" >&2; exit 1; }
+while (($#)); do
+  case "$1" in
+    --bin) bin="${2:?--bin needs a path}"; shift ;;
+    --dir) dir="${2:?--dir needs a directory}"; shift ;;
+    --image) image="${2:?--image needs a directory}"; shift ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+  exit 77
+fi
+if ((EUID != 0)) || ! command -v ip >/dev/null || [[ ! -c /dev/net/tun ]]; then
+  echo "SKIP: --net private needs root, iproute2 and /dev/net/tun"
+  exit 77
+fi
+provider=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)
+if [[ ! -x /usr/bin/rdma || ! -x /usr/bin/ibv_devinfo || ! -f "${provider[0]}" || ! -f /etc/libibverbs.d/rxe.driver ]]; then
+  echo "SKIP: the guest image needs rdma, ibv_devinfo and the rxe provider (apt-get install iproute2 ibverbs-utils ibverbs-providers)"
+  exit 77
+fi
+[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+dir="$(realpath -m "$dir")"
+vm=("$root/deploy/vm.sh")
+
+start=$SECONDS
+# `run` stops the VMs itself (failure, Ctrl-C, TERM); down again on the way out in case this script
+# was stopped while run was still starting them (down finds nothing left to do otherwise).
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  "${vm[@]}" down --dir "$dir" >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+rc=0
+"${vm[@]}" run --vms "$vms" --net private --shm none --dir "$dir" --image "$image" --bin "$bin" \
+  --script "$here/rxe.sh" --boot-timeout 120 --timeout 120 || rc=$?
+((rc == 0)) || die "deploy/vm.sh run failed with exit $rc (consoles in $dir)"
+
+for ((i = 0; i < vms; i++)); do
+  console="$dir/vm$i.console"
+  [[ -f "$console" ]] || die "no console file $console"
+  grep -aq "rxe-test: devinfo: .*state:[[:space:]]*PORT_ACTIVE" "$console" || die "vm$i: no PORT_ACTIVE on $console"
+  grep -aqE "^RXE-OK vm=$i gid_index=[0-9]+" "$console" || die "vm$i: no 'RXE-OK vm=$i' marker on $console"
+  grep -aq 'NRX-EXIT 0' "$console" || die "vm$i: no 'NRX-EXIT 0' on $console"
+done
+grep -aq '^nrx rdma ping: OK' "$dir/vm1.console" || die "vm1: nrx rdma ping did not finish OK (see $dir/vm1.console)"
+grep -aq '^nrx rdma ping: served; counter ' "$dir/vm0.console" || die "vm0: nrx rdma ping --listen did not serve"
+for ((i = 0; i < vms; i++)); do
+  grep -a "^rxe-test: vm $i of" "$dir/vm$i.console" | tr -d '\r' || true
+  grep -a "^nrx rdma ping: " "$dir/vm$i.console" | tr -d '\r' || true
+  grep -aE "^RXE-OK vm=$i " "$dir/vm$i.console" | tr -d '\r'
+done
+if pgrep -f "file:$dir/vm[0-9]*.console" >/dev/null; then die "QEMU processes of $dir still run after run"; fi
+say "passed in $((SECONDS - start)) s: $vms VMs brought up rxe0 on eth0 and ran RC verbs on each other's memory"

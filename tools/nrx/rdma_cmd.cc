@@ -1,0 +1,340 @@
+// `nrx rdma probe` and `nrx rdma ping`: is RDMA usable here, and between two machines? probe opens
+// the device (transport/verbs), checks its port and picks its GID; ping connects an RC queue pair
+// to a peer and runs real verbs against the peer's registered memory: FETCH_AND_ADDs (every
+// returned value checked), a COMPARE_AND_SWAP, an RDMA WRITE read back with an RDMA READ. The two
+// sides exchange their endpoints over one TCP connection (the cluster's log backend exchanges them
+// through the control plane instead); under soft-RoCE in TCG guests the times measure the
+// emulation, not RDMA hardware.
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/status.h"
+#include "tools/nrx/cli.h"
+#include "transport/verbs/verbs.h"
+
+namespace nrx::tools {
+namespace {
+
+namespace verbs = transport::verbs;
+using Clock = std::chrono::steady_clock;
+
+void device_options(cli::Command& cmd) {
+  cmd.option("device", "NAME", "the RDMA device (e.g. rxe0)", "the only one");
+  cmd.option("port", "P", "its port", "1");
+  cmd.option("gid-index", "I", "the GID index", "discovered: RoCE v2 with an IPv4 address first");
+}
+
+Result<verbs::ContextOptions> context_options(const cli::Command& cmd) {
+  verbs::ContextOptions o;
+  o.device = cmd.get("device").value_or("");
+  NRX_ASSIGN_OR_RETURN(uint64_t port, cmd.get_u64("port", 1, 1, 255));
+  o.port = static_cast<uint8_t>(port);
+  if (cmd.has("gid-index")) {
+    NRX_ASSIGN_OR_RETURN(uint64_t gi, cmd.get_u64("gid-index", 0, 0, 1023));
+    o.gid_index = static_cast<int>(gi);
+  }
+  return o;
+}
+
+int probe(const std::vector<std::string>& args) {
+  cli::Command cmd("rdma probe",
+                   "List this machine's RDMA devices and check one: its port is ACTIVE, which GID the\n"
+                   "cluster would use, whether it does atomics. Exit 0 when the device is usable.");
+  device_options(cmd);
+  if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
+  if (cmd.help_requested()) {
+    std::fputs(cmd.usage().c_str(), stdout);
+    return 0;
+  }
+  auto o = context_options(cmd);
+  if (!o.ok()) return cli::fail(cmd, o.status());
+  auto names = verbs::device_names();
+  if (!names.ok()) {
+    std::fprintf(stderr, "nrx rdma probe: %s\n", names.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("devices: %s\n", names->empty() ? "none" : "");
+  for (const std::string& n : *names) std::printf("  %s\n", n.c_str());
+  auto ctx = verbs::Context::open(*o);
+  if (!ctx.ok()) {
+    std::fprintf(stderr, "nrx rdma probe: %s\n", ctx.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("usable: %s\n", (*ctx)->describe().c_str());
+  return 0;
+}
+
+// ---- a line-based TCP exchange, every wait bounded ----
+
+class Line {
+ public:
+  explicit Line(int fd) : fd_(fd) {}
+  ~Line() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Line(const Line&) = delete;
+  Line& operator=(const Line&) = delete;
+
+  Status send(const std::string& s) {
+    const std::string line = s + "\n";
+    size_t off = 0;
+    while (off < line.size()) {
+      const ssize_t n = ::send(fd_, line.data() + off, line.size() - off, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Status::unavailable("the peer's TCP connection broke: " + std::string(std::strerror(errno)));
+      off += static_cast<size_t>(n);
+    }
+    return ok_status();
+  }
+  Result<std::string> receive(Clock::time_point deadline) {
+    for (;;) {
+      if (size_t nl = buf_.find('\n'); nl != std::string::npos) {
+        std::string line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return line;
+      }
+      if (buf_.size() > 4096) return Status::invalid_argument("the peer sent an over-long line");
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return Status::deadline_exceeded("the peer did not answer in time");
+      pollfd p{fd_, POLLIN, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+      if (r < 0 && errno != EINTR) return Status::internal("poll: " + std::string(std::strerror(errno)));
+      if (r <= 0) continue;
+      char chunk[512];
+      const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Status::unavailable("the peer closed the TCP connection");
+      buf_.append(chunk, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  int fd_;
+  std::string buf_;
+};
+
+Result<int> listen_accept(uint16_t port, Clock::time_point deadline) {
+  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return Status::internal("socket: " + std::string(std::strerror(errno)));
+  int one = 1;
+  (void)::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(s, 1) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(s);
+    return Status::unavailable("cannot listen on port " + std::to_string(port) + ": " + why);
+  }
+  std::printf("nrx rdma ping: listening on port %u\n", port);
+  std::fflush(stdout);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) {
+      ::close(s);
+      return Status::deadline_exceeded("no peer connected in time");
+    }
+    pollfd p{s, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) > 0) break;
+  }
+  const int c = ::accept4(s, nullptr, nullptr, SOCK_CLOEXEC);
+  ::close(s);
+  if (c < 0) return Status::internal("accept: " + std::string(std::strerror(errno)));
+  return c;
+}
+
+Result<int> connect_to(const std::string& hostport, Clock::time_point deadline) {
+  const size_t colon = hostport.rfind(':');
+  if (colon == std::string::npos || colon == 0) return Status::invalid_argument("--connect wants HOST:PORT");
+  const std::string host = hostport.substr(0, colon), port = hostport.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    return Status::invalid_argument("cannot resolve " + hostport + ": " + gai_strerror(rc));
+  }
+  // The listener may not be up yet: retry until the deadline.
+  for (;;) {
+    const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s >= 0 && ::connect(s, res->ai_addr, res->ai_addrlen) == 0) {
+      ::freeaddrinfo(res);
+      return s;
+    }
+    const std::string why = std::strerror(errno);
+    if (s >= 0) ::close(s);
+    if (Clock::now() >= deadline) {
+      ::freeaddrinfo(res);
+      return Status::unavailable("cannot connect to " + hostport + ": " + why);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // a retry interval, deadline above
+  }
+}
+
+double median_us(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The memory both sides register: the counter word at 0, the WRITE target at 64, the READ-back
+// buffer at 256, the atomics' result word at 512.
+struct alignas(4096) Buffer {
+  std::array<std::byte, 4096> bytes{};
+  uint64_t* word(size_t off) { return reinterpret_cast<uint64_t*>(bytes.data() + off); }
+};
+
+int ping(const std::vector<std::string>& args) {
+  cli::Command cmd("rdma ping",
+                   "Connect an RC queue pair to a peer and run real verbs on its memory: --count FETCH_AND_ADDs\n"
+                   "(each returned value checked), a COMPARE_AND_SWAP, a WRITE read back by a READ. One side\n"
+                   "--listen's, the other --connect's; endpoints travel over that TCP connection. Prints the\n"
+                   "median round trips (under soft-RoCE in TCG guests: the emulation's, not hardware's).");
+  device_options(cmd);
+  cmd.option("listen", "PORT", "serve one peer on TCP port PORT");
+  cmd.option("connect", "HOST:PORT", "the listening peer");
+  cmd.option("count", "N", "FETCH_AND_ADDs and READs", "200");
+  cmd.option("timeout", "S", "give up after S seconds", "60");
+  if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
+  if (cmd.help_requested()) {
+    std::fputs(cmd.usage().c_str(), stdout);
+    return 0;
+  }
+  auto o = context_options(cmd);
+  auto count = cmd.get_u64("count", 200, 1, 1000000);
+  auto timeout = cmd.get_u64("timeout", 60, 1, 3600);
+  auto port = cmd.get_u64("listen", 0, 1, 65535);
+  for (const Status& st : {o.status(), count.status(), timeout.status(), port.status()}) {
+    if (!st.ok()) return cli::fail(cmd, st);
+  }
+  const bool server = cmd.has("listen");
+  if (server == cmd.has("connect")) return cli::fail(cmd, Status::invalid_argument("give one of --listen or --connect"));
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(*timeout);
+  auto die = [](const Status& st) {
+    std::fprintf(stderr, "nrx rdma ping: %s\n", st.to_string().c_str());
+    return 1;
+  };
+
+  auto ctx = verbs::Context::open(*o);
+  if (!ctx.ok()) return die(ctx.status());
+  std::printf("nrx rdma ping: %s\n", (*ctx)->describe().c_str());
+  auto cq = verbs::CompletionQueue::create(**ctx, 512);
+  if (!cq.ok()) return die(cq.status());
+  auto qp = verbs::QueuePair::create(**ctx, **cq, {});
+  if (!qp.ok()) return die(qp.status());
+  auto buf = std::make_unique<Buffer>();
+  auto mr = verbs::MemoryRegion::register_memory(**ctx, buf->bytes);
+  if (!mr.ok()) return die(mr.status());
+
+  auto fd = server ? listen_accept(static_cast<uint16_t>(*port), deadline) : connect_to(*cmd.get("connect"), deadline);
+  if (!fd.ok()) return die(fd.status());
+  Line line(*fd);
+  if (Status st = line.send((*qp)->local(mr->get()).to_string()); !st.ok()) return die(st);
+  auto peer_text = line.receive(deadline);
+  if (!peer_text.ok()) return die(peer_text.status());
+  auto peer = verbs::Endpoint::parse(*peer_text);
+  if (!peer.ok()) return die(peer.status());
+  if (peer->length < sizeof(Buffer)) return die(Status::invalid_argument("the peer offers too little memory"));
+  if (Status st = (*qp)->connect(*peer); !st.ok()) return die(st);
+  std::printf("nrx rdma ping: connected to qpn %u\n", peer->qp_num);
+  std::fflush(stdout);
+
+  if (server) {
+    // The peer works on our memory; we wait for its word that it is done, then report the counter.
+    auto done = line.receive(deadline);
+    if (!done.ok()) return die(done.status());
+    // acquire: the device's writes completed before the peer sent "done" (it waited for them).
+    const uint64_t counter = std::atomic_ref<uint64_t>(*buf->word(0)).load(std::memory_order_acquire);
+    if (Status st = line.send("counter=" + std::to_string(counter)); !st.ok()) return die(st);
+    std::printf("nrx rdma ping: served; counter %llu\n", static_cast<unsigned long long>(counter));
+    return 0;
+  }
+
+  verbs::QueuePair& q = **qp;
+  const verbs::MemoryRegion& m = **mr;
+  std::vector<double> faa_us, read_us;
+  const uint64_t n = *count;
+  for (uint64_t i = 0; i < n; ++i) {
+    const Clock::time_point t0 = Clock::now();
+    auto old = q.fetch_add(m, buf->word(512), peer->addr, peer->rkey, 1, deadline);
+    if (!old.ok()) return die(old.status());
+    faa_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (*old != i) {
+      return die(Status::data_loss("FETCH_AND_ADD " + std::to_string(i) + " returned " + std::to_string(*old)));
+    }
+  }
+  auto prev = q.compare_swap(m, buf->word(512), peer->addr, peer->rkey, n, n + 1000, deadline);
+  if (!prev.ok()) return die(prev.status());
+  if (*prev != n) return die(Status::data_loss("COMPARE_AND_SWAP found " + std::to_string(*prev)));
+  std::array<std::byte, 64> pattern;
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<std::byte>(i * 7 + 1);
+  const uint64_t posts_before = q.posts(), waits_before = q.waits();
+  if (Status st = q.post_write(nullptr, pattern, peer->addr + 64, peer->rkey, deadline); !st.ok()) return die(st);
+  const uint64_t write_waits = q.waits() - waits_before, write_posts = q.posts() - posts_before;
+  if (Status st = q.drain(deadline); !st.ok()) return die(st);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::memset(buf->bytes.data() + 256, 0, 64);
+    const Clock::time_point t0 = Clock::now();
+    if (Status st = q.read(m, std::span(buf->bytes).subspan(256, 64), peer->addr + 64, peer->rkey, deadline); !st.ok()) {
+      return die(st);
+    }
+    read_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (std::memcmp(buf->bytes.data() + 256, pattern.data(), 64) != 0) {
+      return die(Status::data_loss("the READ did not return what the WRITE wrote"));
+    }
+  }
+  if (Status st = line.send("done"); !st.ok()) return die(st);
+  auto reply = line.receive(deadline);
+  if (!reply.ok()) return die(reply.status());
+  const std::string want = "counter=" + std::to_string(n + 1000);
+  if (*reply != want) return die(Status::data_loss("the peer's counter is " + *reply + ", not " + want.substr(8)));
+  std::printf("nrx rdma ping: %llu FETCH_AND_ADDs exact, COMPARE_AND_SWAP ok, WRITE read back by %llu READs\n",
+              static_cast<unsigned long long>(n), static_cast<unsigned long long>(n));
+  std::printf("nrx rdma ping: median round trip FETCH_AND_ADD %.1f us, READ %.1f us; a WRITE: %llu post, %llu "
+              "completions waited for\n",
+              median_us(faa_us), median_us(read_us), static_cast<unsigned long long>(write_posts),
+              static_cast<unsigned long long>(write_waits));
+  std::printf("nrx rdma ping: OK\n");
+  return 0;
+}
+
+}  // namespace
+
+int run_rdma(const std::vector<std::string>& args) {
+  static constexpr const char* kUsage =
+      "usage: nrx rdma <probe|ping> [options]\n"
+      "\n"
+      "  probe   list the RDMA devices and check one (port ACTIVE, GID, atomics)\n"
+      "  ping    real verbs against a peer's memory (FETCH_AND_ADD, COMPARE_AND_SWAP, WRITE, READ)\n"
+      "\n"
+      "Run `nrx rdma <command> --help` for its options.\n";
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "probe") return probe(rest);
+  if (args[0] == "ping") return ping(rest);
+  std::fprintf(stderr, "nrx rdma: unknown command '%s' (see 'nrx rdma --help')\n", args[0].c_str());
+  return 2;
+}
+
+}  // namespace nrx::tools
