@@ -12,7 +12,10 @@
 // reused only after every replica has applied it. ctail is raised when a replica *starts* applying
 // up to an index, before any effect of those entries can be observed.
 //
-// Invariants: head <= ltail(r) <= ctail <= tail for every registered r; tail - head <= slot_count.
+// Invariants: head <= ltail(r) <= ctail <= tail for every registered r; tail - head <= slot_count
+// once no append is waiting for room. (rdma reserves with a FETCH_AND_ADD before it knows there is
+// room, so while appenders wait the tail may run ahead of head + slot_count by their batches;
+// nothing is written to a slot before every replica has applied its previous lap.)
 //
 // Thread safety: append, exec and the accessors are safe to call concurrently, with one rule that
 // NR's combiner lock provides: calls of append/exec for the SAME replica id are never concurrent

@@ -34,4 +34,9 @@ case "$NRX_VM_INDEX" in
   0) nrx rdma ping --listen 7800 --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --listen failed" ;;
   1) nrx rdma ping --connect "$1:7800" --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --connect failed" ;;
 esac
+if [ "$NRX_VM_INDEX" = 0 ]; then
+  # The RDMA log backend under the conformance suite, on rxe0 (loopback queue pairs).
+  rdma_log_test --gtest_brief=1 --gtest_color=no || fail "rdma_log_test failed"
+  echo "RDMA-LOG-TEST-OK"
+fi
 echo "RXE-OK vm=$NRX_VM_INDEX gid_index=$gid_index"

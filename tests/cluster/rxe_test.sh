@@ -10,12 +10,16 @@
 # qemu-system-x86_64, root, iproute2 (ip, rdma), /dev/net/tun or the host's ibverbs (ibv_devinfo,
 # the rxe provider) are missing.
 #
-#   tests/cluster/rxe_test.sh [--bin PATH] [--dir DIR] [--image DIR]
+# Then VM 0 runs rdma_log_test: the log conformance suite over the RDMA log backend (logs/rdma) on
+# rxe0, every reservation and payload release a real RDMA atomic (loopback queue pair).
+#
+#   tests/cluster/rxe_test.sh [--bin PATH] [--log-test PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin="$root/build/bin/nrx"
+log_test=""
 dir="$root/build/cluster/rxe"
 image="$root/build/guest"
 vms=2
@@ -25,6 +29,7 @@ die() { printf 'rxe_test: %s\n' "$*" >&2; exit 1; }
 while (($#)); do
   case "$1" in
     --bin) bin="${2:?--bin needs a path}"; shift ;;
+    --log-test) log_test="${2:?--log-test needs a path}"; shift ;;
     --dir) dir="${2:?--dir needs a directory}"; shift ;;
     --image) image="${2:?--image needs a directory}"; shift ;;
     -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -47,6 +52,8 @@ if [[ ! -x /usr/bin/rdma || ! -x /usr/bin/ibv_devinfo || ! -f "${provider[0]}" |
   exit 77
 fi
 [[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+[[ -n "$log_test" ]] || log_test="$(dirname "$bin")/rdma_log_test"
+[[ -x "$log_test" ]] || die "no rdma_log_test binary at $log_test (build it first: ./nrx build)"
 dir="$(realpath -m "$dir")"
 vm=("$root/deploy/vm.sh")
 
@@ -64,8 +71,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 rc=0
-"${vm[@]}" run --vms "$vms" --net private --shm none --dir "$dir" --image "$image" --bin "$bin" \
-  --script "$here/rxe.sh" --boot-timeout 120 --timeout 120 || rc=$?
+"${vm[@]}" run --vms "$vms" --net private --shm none --dir "$dir" --image "$image" --bin "$bin" --bin "$log_test" \
+  --script "$here/rxe.sh" --boot-timeout 120 --timeout 300 || rc=$?
 ((rc == 0)) || die "deploy/vm.sh run failed with exit $rc (consoles in $dir)"
 
 for ((i = 0; i < vms; i++)); do
@@ -77,6 +84,8 @@ for ((i = 0; i < vms; i++)); do
 done
 grep -aq '^nrx rdma ping: OK' "$dir/vm1.console" || die "vm1: nrx rdma ping did not finish OK (see $dir/vm1.console)"
 grep -aq '^nrx rdma ping: served; counter ' "$dir/vm0.console" || die "vm0: nrx rdma ping --listen did not serve"
+grep -aq '^RDMA-LOG-TEST-OK' "$dir/vm0.console" || die "vm0: rdma_log_test failed (see $dir/vm0.console)"
+grep -aE '^\[  PASSED  \]|^\[==========\] .* ran' "$dir/vm0.console" | tr -d '\r' || true
 for ((i = 0; i < vms; i++)); do
   grep -a "^rxe-test: vm $i of" "$dir/vm$i.console" | tr -d '\r' || true
   grep -a "^nrx rdma ping: " "$dir/vm$i.console" | tr -d '\r' || true

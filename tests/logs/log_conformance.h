@@ -45,6 +45,14 @@ namespace nrx::logs::testing {
 struct LogBackend {
   std::string name;  // used as the test-name suffix: [A-Za-z0-9_] only
   std::function<nrx::Result<std::unique_ptr<nrx::logs::Log>>(const nrx::logs::LogOptions&)> make;
+  // Appends per thread in ConcurrentStress. A backend whose every append is a network round trip
+  // under emulation (rdma over soft-RoCE in a TCG guest: milliseconds) runs fewer; the log still
+  // wraps and fills many times over (64 slots).
+  uint32_t stress_appends_per_thread = 4000;
+  // True for a backend that reserves before it checks for room (rdma, log.h's invariants): in
+  // ConcurrentStress the tail may then be ahead of head + slot_count by the batches of appenders
+  // waiting for room (4 threads, 3 entries at most each), never more.
+  bool reserves_before_room = false;
 };
 
 // Prints the backend's name in GoogleTest messages (instead of the struct's bytes).

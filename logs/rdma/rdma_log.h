@@ -1,0 +1,161 @@
+// nrx::logs::RdmaLog: the RDMA backend of the Log contract (logs/log.h; DESIGN.md 3.4, "rdma"):
+// machines without shared memory share one log over RDMA verbs (transport/verbs, RC queue pairs).
+//
+// Every machine keeps a MIRROR of the whole log in a registered memory region it polls locally
+// (NR's local replicas, one step further out). Machine 0 is the sequencer: its region also holds
+// the log's control words (tail, the next replica id, the active-replica mask) and the replica
+// table (each replica's ltail and its ctail proposal |started|), which the others reach with RDMA.
+//   append  one FETCH_AND_ADD on the sequencer's tail reserves the batch; each entry is written
+//           into every other machine's mirror with two posted RDMA WRITEs on the RC queue pair to
+//           that machine, body (writer, length, bytes) first and its alive word (lap + 1) last (an
+//           RC queue pair places its WRITEs in order), and into our own mirror with plain stores
+//           and a release store of the alive word. Writes are unsignalled (signalled every N):
+//           no round trip beyond the FETCH_AND_ADD. Before writing, the appender checks that the
+//           slots are free (index < head + slot_count) against a cached head; only when that
+//           fails does it READ the replica table (one more round trip) and, while the log stays
+//           full, apply its own entries, call the lagging-replica hook and re-read. If the log is
+//           still full after full_timeout it withdraws the reservation with a COMPARE_AND_SWAP
+//           (tail: first + n -> first) and fails with kDeadlineExceeded; when others reserved
+//           after it (the swap fails) it cannot withdraw without leaving holes, so it waits on
+//           until there is room and appends (late, never lost).
+//   exec    READs the sequencer's tail (one round trip), raises |started| in the sequencer's
+//           table (a signalled WRITE, waited for: ctail must be raised before any effect is
+//           seen), applies the local mirror up to that tail, waiting for entries that are
+//           reserved but not yet written, then posts its ltail to the table (unsignalled).
+//           The sequencer machine does both with local loads and stores. Because a reservation
+//           comes before the room check, an appender may hold reserved slots while it waits for
+//           room (and runs the lagging hook, which may exec another replica on its thread). So
+//           an exec that reaches an unwritten slot first posts its ltail (the appender may be
+//           waiting for exactly that progress), and an exec on the same object stops (returns
+//           early) at a slot of a local reservation that is waiting for room, instead of waiting
+//           for it: the only departure from "exec applies up to the tail it read".
+//   head, ctail  READ of the replica table (min ltail, max started over the active replicas).
+//   payloads  a payload lives in its putter's region (an arena of payload_slots slots of
+//           RdmaOptions::payload_bytes); a reference names (machine, slot, generation). Another
+//           machine READs it into a local cache slot. A slot's header holds its holders mask (the
+//           replicas active at put) and a released mask that each holder sets with one
+//           FETCH_AND_ADD of its bit; the slot is free once released == holders.
+// Every atomic on a region word goes through RDMA, also the owner's own (a loopback queue pair):
+// RDMA atomics are not atomic with respect to CPU atomics on the same word.
+//
+// Replica ids: one FETCH_AND_ADD on the sequencer's counter (dense, in join order across
+// machines); registration, as in the contract, is a set-up step (not concurrent with appends).
+// Not yet: fencing of a dead machine (a broken queue pair is reported as kUnavailable, nothing
+// more), state transfer, a second sequencer.
+//
+// Set-up is two-phase, so any channel can carry the endpoints (the cluster's control plane; a TCP
+// line in `nrx rdma logbench`): create() makes the region and one queue pair per peer, endpoint()
+// says what to send to each peer, connect() takes what each peer sent. A single machine
+// (machines == 1) connects a loopback pair itself.
+//
+// Thread safety: as Log. Each queue pair (one per peer) is used under its own mutex.
+//
+//   auto log = RdmaLog::create(lo, {.machine = m, .machines = 2, .device = {.device = "rxe0"}}).value();
+//   send_to_peer(log->endpoint(peer).to_string());
+//   NRX_RETURN_IF_ERROR(log->connect({{peer, Endpoint::parse(receive_from_peer()).value()}}));
+//   ReplicaId r = log->register_replica().value();
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "base/mutex.h"
+#include "base/status.h"
+#include "logs/log.h"
+#include "transport/verbs/verbs.h"
+
+namespace nrx::logs {
+
+struct RdmaOptions {
+  uint32_t machine = 0;   // this machine; 0 is the sequencer
+  uint32_t machines = 1;  // machines sharing the log (1..16)
+  transport::verbs::ContextOptions device{};
+  uint64_t payload_bytes = 8192;  // largest payload (one arena slot)
+  std::chrono::nanoseconds rdma_timeout = std::chrono::seconds(10);  // a verb without completion
+};
+
+// Round trips and posts this object made (the benchmark's counts).
+struct RdmaCounts {
+  uint64_t appends = 0;
+  uint64_t fetch_adds = 0;  // tail reservations
+  uint64_t writes = 0;      // RDMA WRITEs posted (entries, ltails)
+  uint64_t reads = 0;       // RDMA READs (tail, table, payloads)
+  uint64_t waits = 0;       // completions waited for (round trips)
+};
+
+class RdmaLog final : public Log {
+ public:
+  // Errors: kInvalidArgument (options outside LogOptions' ranges, machine >= machines, machines
+  // 0 or above 16); verbs' errors (no device, port not ACTIVE, ...).
+  static Result<std::unique_ptr<RdmaLog>> create(const LogOptions& options, const RdmaOptions& rdma);
+  ~RdmaLog() override;
+
+  // What this machine sends to |peer| (its queue pair for that peer and this machine's region).
+  transport::verbs::Endpoint endpoint(uint32_t peer) const;
+  // Connects to every other machine; |from_peers[j]| is what machine j's endpoint(this machine)
+  // said (the entry for this machine itself is ignored). Machines == 1: no argument needed.
+  // Errors: kInvalidArgument (wrong count, a peer's region too small), verbs' transition errors.
+  Status connect(std::span<const transport::verbs::Endpoint> from_peers);
+
+  const LogOptions& options() const override { return options_; }
+  Result<ReplicaId> register_replica() override;
+  Result<LogIndex> append(ReplicaId replica, Batch batch, EntryVisitor apply_own) override;
+  Result<LogIndex> exec(ReplicaId replica, EntryVisitor visitor) override;
+  Result<LogIndex> exec_while(ReplicaId replica, StoppingVisitor visitor) override;
+  LogIndex tail() const override;
+  LogIndex ctail() const override;
+  LogIndex head() const override;
+  Result<LogIndex> ltail(ReplicaId replica) const override;
+  bool is_synced_for_reads(ReplicaId replica, LogIndex ctail) const override;
+  Result<PayloadRef> payload_put(std::span<const std::byte> data) override;
+  Result<std::span<const std::byte>> payload_get(PayloadRef ref) const override;
+  Status payload_release(ReplicaId replica, PayloadRef ref) override;
+  uint64_t payloads_live() const override;
+
+  RdmaCounts counts() const;
+  const transport::verbs::Context& context() const { return *ctx_; }
+
+ private:
+  struct Link;     // one peer: queue pair, completion queue, scratch, mutex
+  struct Table;    // a snapshot of the sequencer's control words and replica table
+  RdmaLog(const LogOptions& options, const RdmaOptions& rdma);
+
+  Result<Table> read_table() const;
+  Result<uint64_t> seq_fetch_add(size_t offset, uint64_t add) const;
+  Result<uint64_t> seq_compare_swap(size_t offset, uint64_t expected, uint64_t desired) const;
+  Result<uint64_t> seq_read_word(size_t offset) const;
+  Status seq_write_word(size_t offset, uint64_t value, bool wait) const;
+  Status write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes);
+  // exec up to min(tail, limit) (append's apply_own stops below its own reservation).
+  Result<LogIndex> exec_impl(ReplicaId replica, StoppingVisitor visitor, LogIndex limit);
+  Status check_owned(ReplicaId replica) const;
+  class AwaitingRoom;
+  bool awaiting_room(LogIndex index) const;  // inside a local reservation that waits for room
+  std::byte* slot(LogIndex index) const;
+
+  LogOptions options_;
+  RdmaOptions rdma_;
+  std::unique_ptr<transport::verbs::Context> ctx_;
+  std::byte* region_ = nullptr;  // mmap'ed, registered
+  size_t region_bytes_ = 0;
+  std::unique_ptr<transport::verbs::MemoryRegion> mr_;
+  std::vector<std::unique_ptr<Link>> links_;  // [machine]; [self] is the loopback link
+  std::vector<transport::verbs::Endpoint> peers_;  // what each machine offered us
+  size_t slot_stride_ = 0, slots_off_ = 0, payload_off_ = 0, payload_stride_ = 0, cache_off_ = 0;
+  std::vector<std::atomic<bool>> owned_;  // [replica]: registered through this object
+  std::vector<std::atomic<uint64_t>> local_ltail_;  // [replica] (this object's replicas)
+  mutable std::atomic<uint64_t> cached_head_{0};
+  Mutex payload_mu_;  // this machine's arena allocation
+  mutable Mutex awaiting_mu_;
+  std::vector<std::pair<LogIndex, LogIndex>> awaiting_ NRX_GUARDED_BY(awaiting_mu_);
+  std::atomic<uint32_t> awaiting_count_{0};  // awaiting_.size(), read without the mutex
+  mutable std::atomic<uint64_t> n_appends_{0}, n_fetch_adds_{0}, n_writes_{0}, n_reads_{0};
+};
+
+}  // namespace nrx::logs
