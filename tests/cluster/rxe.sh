@@ -9,6 +9,9 @@
 #   - `nrx rdma probe` (transport/verbs picks the same device and a RoCE v2 GID);
 #   - `nrx rdma ping`: VM 0 listens, VM 1 connects (real RC verbs on VM 0's registered memory:
 #     FETCH_AND_ADDs each checked, COMPARE_AND_SWAP, WRITE read back by READs); other VMs idle;
+#   - `nrx rdma logbench`: VM 0 and VM 1 share one RDMA log (logs/rdma), both append and apply,
+#     and their digests must be equal;
+#   - VM 0: rdma_log_test, the log conformance suite over logs/rdma;
 #   - the marker `RXE-OK vm=I gid_index=N`.
 # Exit 0 on success; the host checks the markers, PORT_ACTIVE and every VM's NRX-EXIT code.
 set -eu
@@ -33,6 +36,11 @@ set -- $NRX_PEERS
 case "$NRX_VM_INDEX" in
   0) nrx rdma ping --listen 7800 --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --listen failed" ;;
   1) nrx rdma ping --connect "$1:7800" --count "${RXE_COUNT:-100}" --timeout 120 || fail "nrx rdma ping --connect failed" ;;
+esac
+# The RDMA log across the two machines: both append and apply, digests compared.
+case "$NRX_VM_INDEX" in
+  0) nrx rdma logbench --listen 7801 --seconds "${RXE_SECONDS:-2}" || fail "nrx rdma logbench --listen failed" ;;
+  1) nrx rdma logbench --connect "$1:7801" --seconds "${RXE_SECONDS:-2}" || fail "nrx rdma logbench --connect failed" ;;
 esac
 if [ "$NRX_VM_INDEX" = 0 ]; then
   # The RDMA log backend under the conformance suite, on rxe0 (loopback queue pairs).

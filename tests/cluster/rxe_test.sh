@@ -4,7 +4,9 @@
 # RoCE v2 GID), `ibv_devinfo -d rxe0 -v` and `nrx rdma probe` (transport/verbs); then VM 1 runs
 # `nrx rdma ping` against VM 0: an RC queue pair on VM 0's registered memory, FETCH_AND_ADDs whose
 # every returned value is checked, a COMPARE_AND_SWAP, a WRITE read back by READs, and VM 0's
-# counter compared at the end (guest script: rxe.sh). Checks both consoles for the markers,
+# counter compared at the end; `nrx rdma logbench` between them (one RDMA log, logs/rdma, both
+# appending: equal digests, entries/s beside a local ring, RDMA operations per append) (guest
+# script: rxe.sh). Checks both consoles for the markers,
 # PORT_ACTIVE, the ping's OK and NRX-EXIT 0; prints the round trips (TCG: the emulation's) and the
 # elapsed time. Exit 77 (ctest SKIP_RETURN_CODE) where
 # qemu-system-x86_64, root, iproute2 (ip, rdma), /dev/net/tun or the host's ibverbs (ibv_devinfo,
@@ -85,6 +87,10 @@ done
 grep -aq '^nrx rdma ping: OK' "$dir/vm1.console" || die "vm1: nrx rdma ping did not finish OK (see $dir/vm1.console)"
 grep -aq '^nrx rdma ping: served; counter ' "$dir/vm0.console" || die "vm0: nrx rdma ping --listen did not serve"
 grep -aq '^RDMA-LOG-TEST-OK' "$dir/vm0.console" || die "vm0: rdma_log_test failed (see $dir/vm0.console)"
+for ((i = 0; i < 2; i++)); do
+  grep -aq '^nrx rdma logbench: OK' "$dir/vm$i.console" || die "vm$i: nrx rdma logbench failed (see $dir/vm$i.console)"
+  grep -a '^nrx rdma logbench: ' "$dir/vm$i.console" | tr -d '\r'
+done
 grep -aE '^\[  PASSED  \]|^\[==========\] .* ran' "$dir/vm0.console" | tr -d '\r' || true
 for ((i = 0; i < vms; i++)); do
   grep -a "^rxe-test: vm $i of" "$dir/vm$i.console" | tr -d '\r' || true
