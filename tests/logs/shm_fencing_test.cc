@@ -205,7 +205,7 @@ TEST(ShmFencingTest, CrashMidAppendIsFencedAfterTheLease) {
 // the head; the survivor's full-log wait fences it after the lease and appends on. An idle owner
 // that does call heartbeat() is not fenced.
 TEST(ShmFencingTest, FullLogWaitFencesAnIdleReplica) {
-  constexpr auto kLease = 300ms;
+  constexpr auto kLease = 1500ms;  // 150 missed beats: a loaded (sanitizer, 2-core) machine still beats
   TwoObjects t = make_two(8, kLease);
   ASSERT_NE(t.victim, nullptr);
   const ReplicaId s = t.survivor->register_replica().value();
@@ -433,7 +433,7 @@ TEST(ShmFencingTest, NoncoherentCrashMidAppendIsFencedBySequencer) {
 // holding the head is not fenced (a third object's appends time out instead); once it stops, the
 // sequencer fences it after the lease and the survivor's appends, waiting on the full log, resume.
 TEST(ShmFencingTest, NoncoherentFullLogWaitFencesAnIdleReplica) {
-  constexpr auto kLease = 300ms;
+  constexpr auto kLease = 1500ms;  // as above: long beside the 10 ms beats, so starvation does not fence
   TwoObjects t = make_two(8, kLease, ShmMode::kNoncoherent);
   ASSERT_NE(t.victim, nullptr);
   const ReplicaId s = t.survivor->register_replica().value();
