@@ -335,7 +335,8 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   if (!node_cmd) {
     cmd.option("log", "BACKEND",
                "operation-log backend of the process table and NR-FS: ring, or shm (shared-memory regions\n"
-               "      that `nrx node --attach` processes join); rdma comes with its issue",
+               "      that `nrx node --attach` processes join); the kernel does not run on rdma yet\n"
+               "      (the RDMA log itself: `nrx rdma logbench`)",
                "ring");
     cmd.option("region", "PATH",
                "--log shm: the shared region: a /dev/shm file (created), or an ivshmem BAR\n"
@@ -374,7 +375,8 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   if (!duration.ok()) return cli::fail(cmd, duration.status());
   const std::string log = node_cmd ? "shm" : cmd.get("log").value_or("ring");
   if (log == "rdma") {
-    return cli::fail(cmd, Status::unavailable("--log rdma is not available yet (the RDMA backend is its own issue)"));
+    return cli::fail(cmd, Status::unavailable(
+        "the kernel does not run on the RDMA log yet (logs/rdma exists: try `nrx rdma logbench` between two machines)"));
   }
   if (log != "ring" && log != "shm") {
     return cli::fail(cmd, Status::invalid_argument("--log must be ring, shm or rdma, not '" + log + "'"));
