@@ -204,38 +204,65 @@ struct alignas(4096) Buffer {
   uint64_t* word(size_t off) { return reinterpret_cast<uint64_t*>(bytes.data() + off); }
 };
 
+// The two-sided commands' common options: the device, which side this is, the deadline.
+struct PeerArgs {
+  verbs::ContextOptions device;
+  bool server = false;  // --listen: machine 0
+  uint16_t port = 0;
+  std::string connect;  // --connect HOST:PORT
+  Clock::time_point deadline;
+};
+
+void peer_options(cli::Command& cmd, const char* timeout_default) {
+  device_options(cmd);
+  cmd.option("listen", "PORT", "be the listening side (machine 0) on TCP port PORT");
+  cmd.option("connect", "HOST:PORT", "reach the listening side there");
+  cmd.option("timeout", "S", "give up after S seconds", timeout_default);
+}
+
+Result<PeerArgs> peer_args(const cli::Command& cmd, uint64_t timeout_default) {
+  PeerArgs a;
+  NRX_ASSIGN_OR_RETURN(a.device, context_options(cmd));
+  NRX_ASSIGN_OR_RETURN(uint64_t timeout, cmd.get_u64("timeout", timeout_default, 1, 3600));
+  NRX_ASSIGN_OR_RETURN(uint64_t port, cmd.get_u64("listen", 0, 1, 65535));
+  a.server = cmd.has("listen");
+  if (a.server == cmd.has("connect")) return Status::invalid_argument("give one of --listen or --connect");
+  a.port = static_cast<uint16_t>(port);
+  a.connect = cmd.get("connect").value_or("");
+  a.deadline = Clock::now() + std::chrono::seconds(timeout);
+  return a;
+}
+
+// The TCP line to the other side (the listener waits for one peer; the other retries until up).
+Result<int> open_line(const PeerArgs& a) {
+  return a.server ? listen_accept(a.port, a.deadline) : connect_to(a.connect, a.deadline);
+}
+
 int ping(const std::vector<std::string>& args) {
   cli::Command cmd("rdma ping",
                    "Connect an RC queue pair to a peer and run real verbs on its memory: --count FETCH_AND_ADDs\n"
                    "(each returned value checked), a COMPARE_AND_SWAP, a WRITE read back by a READ. One side\n"
                    "--listen's, the other --connect's; endpoints travel over that TCP connection. Prints the\n"
                    "median round trips (under soft-RoCE in TCG guests: the emulation's, not hardware's).");
-  device_options(cmd);
-  cmd.option("listen", "PORT", "serve one peer on TCP port PORT");
-  cmd.option("connect", "HOST:PORT", "the listening peer");
+  peer_options(cmd, "60");
   cmd.option("count", "N", "FETCH_AND_ADDs and READs", "200");
-  cmd.option("timeout", "S", "give up after S seconds", "60");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
-  auto o = context_options(cmd);
+  auto pa = peer_args(cmd, 60);
+  if (!pa.ok()) return cli::fail(cmd, pa.status());
   auto count = cmd.get_u64("count", 200, 1, 1000000);
-  auto timeout = cmd.get_u64("timeout", 60, 1, 3600);
-  auto port = cmd.get_u64("listen", 0, 1, 65535);
-  for (const Status& st : {o.status(), count.status(), timeout.status(), port.status()}) {
-    if (!st.ok()) return cli::fail(cmd, st);
-  }
-  const bool server = cmd.has("listen");
-  if (server == cmd.has("connect")) return cli::fail(cmd, Status::invalid_argument("give one of --listen or --connect"));
-  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(*timeout);
+  if (!count.ok()) return cli::fail(cmd, count.status());
+  const bool server = pa->server;
+  const Clock::time_point deadline = pa->deadline;
   auto die = [](const Status& st) {
     std::fprintf(stderr, "nrx rdma ping: %s\n", st.to_string().c_str());
     return 1;
   };
 
-  auto ctx = verbs::Context::open(*o);
+  auto ctx = verbs::Context::open(pa->device);
   if (!ctx.ok()) return die(ctx.status());
   std::printf("nrx rdma ping: %s\n", (*ctx)->describe().c_str());
   auto cq = verbs::CompletionQueue::create(**ctx, 512);
@@ -246,7 +273,7 @@ int ping(const std::vector<std::string>& args) {
   auto mr = verbs::MemoryRegion::register_memory(**ctx, buf->bytes);
   if (!mr.ok()) return die(mr.status());
 
-  auto fd = server ? listen_accept(static_cast<uint16_t>(*port), deadline) : connect_to(*cmd.get("connect"), deadline);
+  auto fd = open_line(*pa);
   if (!fd.ok()) return die(fd.status());
   Line line(*fd);
   if (Status st = line.send((*qp)->local(mr->get()).to_string()); !st.ok()) return die(st);
@@ -361,27 +388,20 @@ int logbench(const std::vector<std::string>& args) {
                    "--seconds, then compare digests; prints entries/s beside a local ring log on the same\n"
                    "machine, and the RDMA operations per append. The --listen side is machine 0 (the\n"
                    "sequencer). Under soft-RoCE in TCG guests the figures measure the protocol, not RDMA hardware.");
-  device_options(cmd);
-  cmd.option("listen", "PORT", "be machine 0 and serve machine 1 on TCP port PORT");
-  cmd.option("connect", "HOST:PORT", "be machine 1 and reach machine 0 there");
+  peer_options(cmd, "120");
   cmd.option("seconds", "S", "how long both append", "2");
-  cmd.option("timeout", "S", "give up after S seconds", "120");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
   if (cmd.help_requested()) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
-  auto o = context_options(cmd);
+  auto pa = peer_args(cmd, 120);
+  if (!pa.ok()) return cli::fail(cmd, pa.status());
   auto secs = cmd.get_u64("seconds", 2, 1, 3600);
-  auto timeout = cmd.get_u64("timeout", 120, 1, 3600);
-  auto port = cmd.get_u64("listen", 0, 1, 65535);
-  for (const Status& st : {o.status(), secs.status(), timeout.status(), port.status()}) {
-    if (!st.ok()) return cli::fail(cmd, st);
-  }
-  const bool server = cmd.has("listen");
-  if (server == cmd.has("connect")) return cli::fail(cmd, Status::invalid_argument("give one of --listen or --connect"));
+  if (!secs.ok()) return cli::fail(cmd, secs.status());
+  const bool server = pa->server;
   const uint32_t machine = server ? 0 : 1;
-  const auto deadline = Clock::now() + std::chrono::seconds(*timeout);
+  const auto deadline = pa->deadline;
   auto die = [](const Status& st) {
     std::fprintf(stderr, "nrx rdma logbench: %s\n", st.to_string().c_str());
     return 1;
@@ -392,6 +412,10 @@ int logbench(const std::vector<std::string>& args) {
   lo.payload_slots = 16;
   lo.full_timeout = std::chrono::seconds(30);
 
+  auto log = logs::RdmaLog::create(lo, {.machine = machine, .machines = 2, .device = pa->device});
+  if (!log.ok()) return die(log.status());
+  std::printf("nrx rdma logbench: machine %u of 2 on %s\n", machine, (*log)->context().describe().c_str());
+  std::fflush(stdout);
   // The baseline: the same loop on a local ring log.
   double ring_rate = 0;
   {
@@ -405,11 +429,7 @@ int logbench(const std::vector<std::string>& args) {
     ring_rate = static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
   }
 
-  auto log = logs::RdmaLog::create(lo, {.machine = machine, .machines = 2, .device = *o});
-  if (!log.ok()) return die(log.status());
-  std::printf("nrx rdma logbench: machine %u of 2 on %s\n", machine, (*log)->context().describe().c_str());
-  std::fflush(stdout);
-  auto fd = server ? listen_accept(static_cast<uint16_t>(*port), deadline) : connect_to(*cmd.get("connect"), deadline);
+  auto fd = open_line(*pa);
   if (!fd.ok()) return die(fd.status());
   Line line(*fd);
   const uint32_t peer = 1 - machine;

@@ -225,6 +225,9 @@ class QueuePair {
  private:
   QueuePair() = default;
   Status post(ibv_send_wr& wr);
+  // One signalled atomic (FETCH_AND_ADD or COMPARE_AND_SWAP), waited for; the word's old value.
+  Result<uint64_t> atomic(ibv_wr_opcode opcode, const MemoryRegion& mr, uint64_t* scratch, uint64_t remote_addr,
+                          uint32_t rkey, uint64_t compare_add, uint64_t swap, Clock::time_point deadline);
   // Waits for the completion of the signalled work request |wr_id|, skipping older signalled ones.
   Status wait_for(uint64_t wr_id, Clock::time_point deadline);
 

@@ -124,19 +124,21 @@ Status check_atomic_args(const MemoryRegion& mr, const uint64_t* scratch, uint64
 
 }  // namespace
 
-Result<uint64_t> QueuePair::fetch_add(const MemoryRegion& mr, uint64_t* scratch, uint64_t remote_addr, uint32_t rkey,
-                                      uint64_t add, Clock::time_point deadline) {
+Result<uint64_t> QueuePair::atomic(ibv_wr_opcode opcode, const MemoryRegion& mr, uint64_t* scratch,
+                                   uint64_t remote_addr, uint32_t rkey, uint64_t compare_add, uint64_t swap,
+                                   Clock::time_point deadline) {
   NRX_RETURN_IF_ERROR(check_atomic_args(mr, scratch, remote_addr));
   ibv_sge sge{reinterpret_cast<uintptr_t>(scratch), 8, mr.lkey()};
   ibv_send_wr wr{};
   wr.wr_id = next_wr_id_++;
   wr.sg_list = &sge;
   wr.num_sge = 1;
-  wr.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+  wr.opcode = opcode;
   wr.send_flags = IBV_SEND_SIGNALED;
   wr.wr.atomic.remote_addr = remote_addr;
   wr.wr.atomic.rkey = rkey;
-  wr.wr.atomic.compare_add = add;
+  wr.wr.atomic.compare_add = compare_add;
+  wr.wr.atomic.swap = swap;
   NRX_RETURN_IF_ERROR(post(wr));
   NRX_RETURN_IF_ERROR(wait_for(wr.wr_id, deadline));
   uint64_t v = 0;
@@ -144,26 +146,15 @@ Result<uint64_t> QueuePair::fetch_add(const MemoryRegion& mr, uint64_t* scratch,
   return v;
 }
 
+Result<uint64_t> QueuePair::fetch_add(const MemoryRegion& mr, uint64_t* scratch, uint64_t remote_addr, uint32_t rkey,
+                                      uint64_t add, Clock::time_point deadline) {
+  return atomic(IBV_WR_ATOMIC_FETCH_AND_ADD, mr, scratch, remote_addr, rkey, add, 0, deadline);
+}
+
 Result<uint64_t> QueuePair::compare_swap(const MemoryRegion& mr, uint64_t* scratch, uint64_t remote_addr,
                                          uint32_t rkey, uint64_t expected, uint64_t desired,
                                          Clock::time_point deadline) {
-  NRX_RETURN_IF_ERROR(check_atomic_args(mr, scratch, remote_addr));
-  ibv_sge sge{reinterpret_cast<uintptr_t>(scratch), 8, mr.lkey()};
-  ibv_send_wr wr{};
-  wr.wr_id = next_wr_id_++;
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_ATOMIC_CMP_AND_SWP;
-  wr.send_flags = IBV_SEND_SIGNALED;
-  wr.wr.atomic.remote_addr = remote_addr;
-  wr.wr.atomic.rkey = rkey;
-  wr.wr.atomic.compare_add = expected;
-  wr.wr.atomic.swap = desired;
-  NRX_RETURN_IF_ERROR(post(wr));
-  NRX_RETURN_IF_ERROR(wait_for(wr.wr_id, deadline));
-  uint64_t v = 0;
-  std::memcpy(&v, scratch, 8);
-  return v;
+  return atomic(IBV_WR_ATOMIC_CMP_AND_SWP, mr, scratch, remote_addr, rkey, expected, desired, deadline);
 }
 
 }  // namespace nrx::transport::verbs
