@@ -141,6 +141,29 @@ Status Agent::report(v1::ReportRequest request) {
   return client_->report(request, &rep);
 }
 
+Result<std::vector<std::string>> Agent::exchange(uint64_t run_id, const std::string& name,
+                                                 std::vector<std::string> to_machines,
+                                                 std::chrono::milliseconds timeout) {
+  {
+    MutexLock lock(mu_);
+    if (lost_) return Status(StatusCode::kAborted, lost_reason_);
+  }
+  if (timeout.count() < 0 || timeout.count() > kMaxExchangeTimeoutMs) {
+    return Status::invalid_argument("exchange timeout: 0.." + std::to_string(kMaxExchangeTimeoutMs) + " ms");
+  }
+  v1::ExchangeRequest req;
+  req.set_secret(options_.secret);
+  req.set_node_id(joined_.node_id());
+  req.set_token(joined_.token());
+  req.set_run_id(run_id);
+  req.set_name(name);
+  for (std::string& s : to_machines) req.add_to_machines(std::move(s));
+  req.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
+  v1::ExchangeReply rep;
+  NRX_RETURN_IF_ERROR(client_->exchange(req, &rep));
+  return std::vector<std::string>(rep.from_machines().begin(), rep.from_machines().end());
+}
+
 std::vector<uint32_t> Agent::fenced_machines() const {
   MutexLock lock(mu_);
   return {last_.fenced_machines().begin(), last_.fenced_machines().end()};

@@ -10,10 +10,14 @@
 // VERDICT_FENCED. Either way lost() turns true and every wait returns kAborted: the machine must
 // stop using the shared logs at once.
 //
+// With the RDMA log (RunOrder::log "rdma") the machines of a run swap their endpoints with
+// exchange(), which goes straight to the controller (not through the heartbeat thread).
+//
 //   auto agent = Agent::join({.address = "10.77.0.1:7700", .secret = s, ...}).value();
 //   v1::RunOrder run = agent->next_run(deadline).value();
 //   agent->set_phase(run.run_id(), v1::PHASE_RUNNING);
 //   NRX_RETURN_IF_ERROR(agent->wait_all_done(run.run_id(), deadline));
+//   std::vector<std::string> from = agent->exchange(run.run_id(), "proc", to, 60s).value();  // rdma
 #pragma once
 
 #include <chrono>
@@ -68,6 +72,19 @@ class Agent {
   // Until the controller releases |run_id| (every live machine reported). Errors: as next_run.
   Status wait_release(uint64_t run_id, Clock::time_point deadline);
   Status report(v1::ReportRequest request);
+  // Endpoint exchange for |run_id| under |name| ("proc", "fs0", "fsscan": 1..64 characters of
+  // [A-Za-z0-9_.-]): sends to_machines[j] to machine j of the run (one entry per machine, this
+  // machine's own empty, each at most kMaxExchangeEntryBytes) and blocks until every machine of the
+  // run posted under |name| or |timeout| (0: kDefaultExchangeTimeoutMs; at most
+  // kMaxExchangeTimeoutMs); returns what each machine j sent to this one (index j; this machine's
+  // own entry empty). Safe to retry with the same content. Errors: kAborted (this machine lost its
+  // lease before the call; or the controller's: a machine of the run fenced, the run over),
+  // kDeadlineExceeded (the message names the machines that did not post), kCancelled (the
+  // controller is shutting down), kInvalidArgument (a malformed name or list, a run this machine
+  // takes no part in), kFailedPrecondition (other content already posted under |name|),
+  // kUnavailable (the controller is unreachable).
+  Result<std::vector<std::string>> exchange(uint64_t run_id, const std::string& name,
+                                            std::vector<std::string> to_machines, std::chrono::milliseconds timeout);
   // Machine numbers of |run_id| the controller fenced so far (from the latest reply).
   std::vector<uint32_t> fenced_machines() const;
   bool lost() const;       // fenced, or the lease lapsed without a successful heartbeat

@@ -40,6 +40,14 @@ Status check_logs(const google::protobuf::RepeatedPtrField<v1::LogPosition>& log
   return Status::ok_status();
 }
 
+// An exchange name: 1..kMaxExchangeName characters of [A-Za-z0-9_.-] (it lands in messages and logs).
+bool exchange_name(const std::string& s) {
+  if (s.empty() || s.size() > kMaxExchangeName) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+  });
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options) {
@@ -80,11 +88,19 @@ Status Controller::join(const v1::JoinRequest& request, v1::JoinReply* reply) {
   if (t.cores_per_node() == 0 || t.cores_per_node() > 64) {
     return Status::invalid_argument("topology.cores_per_node must be in 1..64");
   }
-  if (request.transports_size() == 0) return Status::invalid_argument("transports: a machine needs one (shm)");
+  if (request.transports_size() == 0) return Status::invalid_argument("transports: a machine needs one (shm or rdma)");
   if (request.transports_size() > 8) return Status::invalid_argument("transports: at most 8");
   for (const v1::Transport& tr : request.transports()) {
+    if (tr.kind() == "rdma") {
+      // A verbs device name (rxe0, mlx5_0): no path, no space.
+      if (!printable(tr.path(), 64) || tr.path().find_first_of("/ ") != std::string::npos) {
+        return Status::invalid_argument("transports: an rdma transport needs a device name (1..64 printable "
+                                        "characters, no '/' or space)");
+      }
+      continue;  // bytes and coherence mean nothing here
+    }
     if (tr.kind() != "shm") {
-      return Status::invalid_argument("transports: kind '" + tr.kind().substr(0, 16) + "' is not supported (shm)");
+      return Status::invalid_argument("transports: kind '" + tr.kind().substr(0, 16) + "' is not supported (shm, rdma)");
     }
     if (!printable(tr.path(), 4096) || tr.path()[0] != '/') {
       return Status::invalid_argument("transports: a shm transport needs an absolute path");
@@ -94,6 +110,8 @@ Status Controller::join(const v1::JoinRequest& request, v1::JoinReply* reply) {
       return Status::invalid_argument("transports: coherence must be coherent or noncoherent");
     }
   }
+  // The first transport is the one the machine's logs use.
+  const std::string kind = request.transports(0).kind();
   const std::string coherence =
       request.transports(0).coherence().empty() ? "coherent" : request.transports(0).coherence();
   MutexLock lock(mu_);
@@ -111,10 +129,17 @@ Status Controller::join(const v1::JoinRequest& request, v1::JoinReply* reply) {
                                     std::to_string(t.nodes()) + " (use nrx node --nodes " +
                                     std::to_string(replicas_per_node_) + ")");
   }
-  if (coherence_.empty()) coherence_ = coherence;
-  if (coherence != coherence_) {
-    return Status::invalid_argument("coherence mismatch: this cluster's shared memory is " + coherence_ +
-                                    ", this machine's is " + coherence);
+  if (log_.empty()) log_ = kind;
+  if (kind != log_) {
+    return Status::invalid_argument("transport mismatch: this cluster's logs use " + log_ + ", this machine's " + kind +
+                                    " (every machine of a cluster must use the same)");
+  }
+  if (kind == "shm") {
+    if (coherence_.empty()) coherence_ = coherence;
+    if (coherence != coherence_) {
+      return Status::invalid_argument("coherence mismatch: this cluster's shared memory is " + coherence_ +
+                                      ", this machine's is " + coherence);
+    }
   }
   if (uint64_t{nodes_.size() + 1} * replicas_per_node_ > kMaxReplicas) {
     return Status::resource_exhausted("no replica ids left (" + std::to_string(kMaxReplicas) + " at most)");
@@ -149,9 +174,10 @@ Status Controller::find_node_locked(uint32_t id, uint64_t token, Node** node) {
 
 bool Controller::live_locked(uint32_t id) const { return id < nodes_.size() && !nodes_[id].fenced; }
 
-void Controller::fence_locked(Node& node) {
+void Controller::fence_locked(Node& node, std::string reason) {
   if (node.fenced) return;
   node.fenced = true;
+  node.fenced_reason = std::move(reason);
   update_run_locked();
   changed_.notify_all();
 }
@@ -186,6 +212,7 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
   NRX_RETURN_IF_ERROR(check_logs(request.logs()));
   if (!v1::Phase_IsValid(request.phase())) return Status::invalid_argument("phase: unknown value");
   if (request.error().size() > 4096) return Status::invalid_argument("error: at most 4096 bytes");
+  if (request.unreachable_machines_size() > 64) return Status::invalid_argument("unreachable_machines: at most 64");
   MutexLock lock(mu_);
   Node* n = nullptr;
   NRX_RETURN_IF_ERROR(find_node_locked(request.node_id(), request.token(), &n));
@@ -220,6 +247,12 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
   if (pos == run.machines.end()) return Status::ok_status();  // joined after the run started: waits for the next
   const uint32_t machine = static_cast<uint32_t>(pos - run.machines.begin());
   if (request.run_id() == rid && request.phase() > run.phase[n->id]) run.phase[n->id] = request.phase();
+  // A broken RDMA link: the peer's mirrors miss entries from now on, so it leaves the run at once.
+  for (uint32_t m : request.unreachable_machines()) {
+    if (request.run_id() != rid || m >= run.machines.size() || m == machine) continue;
+    Node& peer = nodes_[run.machines[m]];
+    fence_locked(peer, "its RDMA link broke (reported by node " + std::to_string(n->id) + ")");
+  }
   if (machine == 0 && request.run_id() == rid && request.phase() >= v1::PHASE_FORMATTED &&
       request.phase() != v1::PHASE_FAILED) {
     run.formatted = true;
@@ -233,11 +266,12 @@ Status Controller::heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatR
     o->set_workload(run.request.workload());
     o->set_machine(machine);
     o->set_machines(static_cast<uint32_t>(run.machines.size()));
-    o->set_format(machine == 0);
+    o->set_format(machine == 0 && run.log == "shm");
     o->set_region_cluster_id(run.region_cluster_id);
     o->set_seconds(run.request.seconds());
     o->set_seed(run.request.seed());
-    o->set_noncoherent(coherence_ == "noncoherent");
+    o->set_noncoherent(run.log == "shm" && coherence_ == "noncoherent");
+    o->set_log(run.log);
   }
   bool all_done = true;
   for (uint32_t id : run.machines) {
@@ -313,7 +347,12 @@ Result<uint64_t> Controller::start_run(const v1::RunRequest& request) {
   // Every run formats a fresh region: a cluster id of its own keeps a machine from attaching to
   // the previous run's directory.
   run.region_cluster_id = (options_.cluster_id ^ (run.id * 0x9e3779b97f4a7c15ull)) | 1;
+  run.log = log_;
+  // The RDMA log has no shared region: nobody waits for machine 0 to format one.
+  run.formatted = run.log == "rdma";
   run.started = options_.now();
+  // The previous runs' endpoints name queue pairs that are gone.
+  for (auto& entry : runs_) entry.second.exchanges.clear();
   current_run_ = run.id;
   runs_[run.id] = std::move(run);
   changed_.notify_all();
@@ -410,6 +449,7 @@ Status Controller::wait_run(uint64_t run_id, Clock::time_point deadline, v1::Run
       run.abandoned = true;
       run.error = "the run did not end in time";
       if (current_run_ == run_id) current_run_ = 0;
+      changed_.notify_all();  // exchange() waiters of this run give up
       describe_run_locked(run, reply);
       return Status::deadline_exceeded("run " + std::to_string(run_id) + " did not end in time");
     }
@@ -444,6 +484,7 @@ Status Controller::status(const v1::StatusRequest& request, v1::StatusReply* rep
     *s->mutable_topology() = n.topology;
     for (const v1::Transport& t : n.transports) *s->add_transports() = t;
     s->set_error(n.error);
+    s->set_fenced_reason(n.fenced_reason);
   }
   uint64_t last = current_run_ != 0 ? current_run_ : (runs_.empty() ? 0 : runs_.rbegin()->first);
   reply->set_run_id(last);
@@ -467,13 +508,121 @@ Status Controller::shutdown(const v1::ShutdownRequest& request) {
   return Status::ok_status();
 }
 
+Status Controller::exchange(const v1::ExchangeRequest& request, v1::ExchangeReply* reply, Clock::time_point deadline,
+                            const std::function<bool()>& cancelled) {
+  NRX_RETURN_IF_ERROR(check_secret(request.secret()));
+  if (!exchange_name(request.name())) {
+    return Status::invalid_argument("name: 1.." + std::to_string(kMaxExchangeName) + " characters of [A-Za-z0-9_.-]");
+  }
+  if (request.timeout_ms() > kMaxExchangeTimeoutMs) {
+    return Status::invalid_argument("timeout_ms: at most " + std::to_string(kMaxExchangeTimeoutMs));
+  }
+  for (int i = 0; i < request.to_machines_size(); ++i) {
+    if (request.to_machines(i).size() > kMaxExchangeEntryBytes) {
+      return Status::invalid_argument("to_machines[" + std::to_string(i) + "]: at most " +
+                                      std::to_string(kMaxExchangeEntryBytes) + " bytes");
+    }
+  }
+  const uint32_t timeout_ms = request.timeout_ms() == 0 ? kDefaultExchangeTimeoutMs : request.timeout_ms();
+  // Real time, as wait_run: the wait sleeps on the condition variable, which the injected clock
+  // cannot wake.
+  deadline = std::min(deadline, Clock::now() + std::chrono::milliseconds(timeout_ms));
+  const std::string& name = request.name();
+  const std::string what = "exchange '" + name + "' of run " + std::to_string(request.run_id());
+
+  MutexLock lock(mu_);
+  Node* n = nullptr;
+  NRX_RETURN_IF_ERROR(find_node_locked(request.node_id(), request.token(), &n));
+  if (shutdown_) return Status(StatusCode::kCancelled, "the controller is shutting down");
+  auto it = runs_.find(request.run_id());
+  if (it == runs_.end()) return Status::invalid_argument("no run " + std::to_string(request.run_id()));
+  // runs_ never erases: the reference outlives the waits below. Its exchanges may be cleared by
+  // the next run meanwhile, so they are looked up again after every wait.
+  Run& run = it->second;
+  const auto pos = std::find(run.machines.begin(), run.machines.end(), n->id);
+  if (pos == run.machines.end()) {
+    return Status::invalid_argument("this machine takes no part in run " + std::to_string(run.id));
+  }
+  const uint32_t me = static_cast<uint32_t>(pos - run.machines.begin());
+  const size_t machines = run.machines.size();
+  if (static_cast<size_t>(request.to_machines_size()) != machines) {
+    return Status::invalid_argument("to_machines: " + std::to_string(request.to_machines_size()) +
+                                    " entries for the run's " + std::to_string(machines) + " machines");
+  }
+  if (!request.to_machines(static_cast<int>(me)).empty()) {
+    return Status::invalid_argument("to_machines[" + std::to_string(me) + "]: this machine's own entry must be empty");
+  }
+  // Called with mu_ held (the analysis does not follow lambdas).
+  const auto over = [&]() NRX_NO_THREAD_SAFETY_ANALYSIS {
+    return run.ended || run.abandoned || current_run_ != run.id || !run.error.empty();
+  };
+  {
+    std::vector<std::string> to(request.to_machines().begin(), request.to_machines().end());
+    auto named = run.exchanges.find(name);
+    if (named == run.exchanges.end() && !n->fenced && !over()) {
+      if (run.exchanges.size() >= kMaxExchangeNames) {
+        return Status::resource_exhausted(what + ": at most " + std::to_string(kMaxExchangeNames) + " names per run");
+      }
+      named = run.exchanges.emplace(name, std::map<uint32_t, std::vector<std::string>>()).first;
+    }
+    if (named != run.exchanges.end()) {
+      auto mine = named->second.find(me);
+      if (mine != named->second.end() && mine->second != to) {
+        return Status::failed_precondition(what + ": machine " + std::to_string(me) + " already posted other content");
+      }
+      if (mine == named->second.end() && !n->fenced && !over()) {
+        named->second.emplace(me, std::move(to));
+        changed_.notify_all();
+      }
+    }
+  }
+  const auto machine_name = [&](size_t m) {
+    return std::to_string(m) + " (node " + std::to_string(run.machines[m]) + ")";
+  };
+  for (;;) {
+    auto named = run.exchanges.find(name);
+    if (named != run.exchanges.end() && named->second.size() == machines) {
+      // Complete: answer even if the run ended meanwhile (what was posted stays true).
+      reply->clear_from_machines();
+      for (size_t j = 0; j < machines; ++j) {
+        reply->add_from_machines(j == me ? std::string() : named->second.at(static_cast<uint32_t>(j))[me]);
+      }
+      return Status::ok_status();
+    }
+    if (shutdown_) return Status(StatusCode::kCancelled, "the controller is shutting down");
+    for (size_t m = 0; m < machines; ++m) {
+      if (!live_locked(run.machines[m])) {
+        return Status(StatusCode::kAborted,
+                      what + ": machine " + machine_name(m) + " was fenced before every machine posted");
+      }
+    }
+    if (over()) {
+      const std::string how = run.error.empty() ? "ended" : "failed (" + run.error + ")";
+      return Status(StatusCode::kAborted, what + ": the run " + how + " before every machine posted");
+    }
+    if (cancelled && cancelled()) return Status(StatusCode::kCancelled, what + ": the caller went away");
+    if (Clock::now() >= deadline) {
+      std::string missing;
+      for (size_t m = 0; m < machines; ++m) {
+        if (named == run.exchanges.end() || named->second.count(static_cast<uint32_t>(m)) == 0) {
+          missing += (missing.empty() ? "" : ", ") + machine_name(m);
+        }
+      }
+      return Status::deadline_exceeded(what + ": machines " + missing + " did not post within " +
+                                       std::to_string(timeout_ms) + " ms");
+    }
+    // Posts, fencing, run ends and shutdown notify; the bounded wait re-checks |cancelled|.
+    changed_.wait_until(mu_, std::min(deadline, Clock::now() + std::chrono::milliseconds(200)));
+  }
+}
+
 std::vector<uint32_t> Controller::expire_leases() {
   MutexLock lock(mu_);
   std::vector<uint32_t> fenced;
   const Clock::time_point now = options_.now();
   for (Node& n : nodes_) {
     if (!n.fenced && now - n.last_beat > options_.lease) {
-      fence_locked(n);
+      fence_locked(n, "lease expired");
       fenced.push_back(n.id);
     }
   }

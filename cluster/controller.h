@@ -5,6 +5,13 @@
 // region (no state transfer yet, so every run starts empty), with machine 0 formatting it and the
 // others attaching only once it reported the region formatted.
 //
+// Transports. Every machine of a cluster uses the same transport kind for its logs (the first to
+// join sets it; RunOrder::log says which): "shm", the shared region above, or "rdma", the RDMA log
+// (logs/rdma/rdma_log.h), which has no region to format: every machine of an rdma run gets its
+// order at once, and the machines swap their endpoints (queue pair numbers, GIDs, rkeys, addresses)
+// through exchange(), a per-run, per-name barrier: each machine posts what it sends to each other
+// machine, and once all of them posted, each gets what the others sent it.
+//
 // Fencing. A machine whose heartbeat is older than the lease is fenced: it is marked so for good
 // (a rejoin is a new node id), it leaves every barrier of the current run, the survivors are told
 // (HeartbeatReply::fenced_machines) and make their shared logs fence its replicas at once (the
@@ -22,6 +29,7 @@
 //   v1::JoinReply j; NRX_RETURN_IF_ERROR(c.join(request, &j));     // j.node_id(), j.token()
 //   c.expire_leases();                                              // the server's lease thread
 //   uint64_t run = c.start_run(run_request).value(); c.wait_run(run, deadline, &reply);
+//   c.exchange(exchange_request, &exchange_reply);                  // rdma: each machine, blocks
 #pragma once
 
 #include <chrono>
@@ -50,6 +58,12 @@ inline constexpr uint32_t kMaxReplicas = 64;
 // Workloads a run may name: the kernel's built-in programs, "demo" for all of them, and
 // "logbench" (append/exec throughput of a shared log beside a local ring, tools/nrx/logbench.h).
 inline const std::vector<std::string>& workloads();
+// Exchange (ExchangeRequest): a name's length, one entry's bytes, the wait's default and limit.
+inline constexpr size_t kMaxExchangeName = 64;
+inline constexpr size_t kMaxExchangeEntryBytes = 512;
+inline constexpr uint32_t kDefaultExchangeTimeoutMs = 60000;
+inline constexpr uint32_t kMaxExchangeTimeoutMs = 600000;
+inline constexpr size_t kMaxExchangeNames = 256;  // per run
 
 struct ControllerOptions {
   std::string secret;                            // required, at least kMinSecretBytes
@@ -69,8 +83,9 @@ class Controller {
 
   // The RPCs (server.h maps each onto the gRPC method of the same name). Every one checks the
   // secret first: kPermissionDenied for a wrong one. Then:
-  // join: kInvalidArgument (protocol, hostname, topology or transports malformed, or a topology
-  //   whose node count differs from the cluster's), kResourceExhausted (the cluster is full).
+  // join: kInvalidArgument (protocol, hostname, topology or transports malformed, a topology whose
+  //   node count differs from the cluster's, a transport kind or coherence other than the
+  //   cluster's), kResourceExhausted (the cluster is full).
   Status join(const v1::JoinRequest& request, v1::JoinReply* reply);
   // heartbeat: kNotFound (no such node), kFailedPrecondition (a stale token: an older incarnation),
   //   kInvalidArgument (a run id that is not this machine's run, a malformed log position).
@@ -88,6 +103,21 @@ class Controller {
   Status wait_run(uint64_t run_id, Clock::time_point deadline, v1::RunReply* reply);
   Status status(const v1::StatusRequest& request, v1::StatusReply* reply);
   Status shutdown(const v1::ShutdownRequest& request);
+  // exchange: posts request.to_machines under (run, name) and waits until every machine of the run
+  //   posted under that name, then answers reply->from_machines[j] = what machine j sent to the
+  //   caller. The wait ends at request.timeout_ms (real time; 0: kDefaultExchangeTimeoutMs) or
+  //   |deadline| if sooner; |cancelled| (if set) is polled during it (the gRPC caller went away).
+  //   A retry with the same content is harmless. Errors: as heartbeat for the node and token;
+  //   kInvalidArgument (no such run, a run this machine takes no part in, a malformed name, a
+  //   to_machines whose size is not the run's machine count or whose own entry is not empty, an
+  //   entry over kMaxExchangeEntryBytes, timeout_ms over kMaxExchangeTimeoutMs),
+  //   kResourceExhausted (kMaxExchangeNames names in this run already), kFailedPrecondition
+  //   (this machine already posted other content under that name), kAborted (the caller or
+  //   another machine of the run was fenced, or the run ended, failed or was abandoned, before
+  //   every machine posted: the message names which), kDeadlineExceeded (the message names the
+  //   machines that did not post), kCancelled (shutdown, or |cancelled|).
+  Status exchange(const v1::ExchangeRequest& request, v1::ExchangeReply* reply,
+                  Clock::time_point deadline = Clock::time_point::max(), const std::function<bool()>& cancelled = {});
 
   // Fences every live machine whose last heartbeat is older than the lease; returns their node
   // ids. The server calls it every heartbeat period; tests call it after moving the clock.
@@ -111,6 +141,7 @@ class Controller {
     v1::Topology topology;
     std::vector<v1::Transport> transports;
     bool fenced = false;
+    std::string fenced_reason;
     bool told_shutdown = false;
     Clock::time_point last_beat{};
     uint64_t run_id = 0;
@@ -124,7 +155,8 @@ class Controller {
     v1::RunRequest request;
     std::vector<uint32_t> machines;  // node ids in machine order
     uint64_t region_cluster_id = 0;
-    bool formatted = false;
+    std::string log;         // the cluster's transport kind when the run started
+    bool formatted = false;  // rdma: from the start (no region)
     std::map<uint32_t, v1::Phase> phase;          // by node id: the furthest phase seen
     std::map<uint32_t, v1::ReportRequest> reports;
     bool ended = false;
@@ -132,11 +164,14 @@ class Controller {
     std::string error;
     Clock::time_point started{};
     Clock::time_point finished{};
+    // exchange(): by name, by machine number, what that machine sends to each machine. Cleared
+    // when the next run starts.
+    std::map<std::string, std::map<uint32_t, std::vector<std::string>>> exchanges;
   };
 
   explicit Controller(ControllerOptions options);
   Status find_node_locked(uint32_t id, uint64_t token, Node** node) NRX_REQUIRES(mu_);
-  void fence_locked(Node& node) NRX_REQUIRES(mu_);
+  void fence_locked(Node& node, std::string reason) NRX_REQUIRES(mu_);
   void update_run_locked() NRX_REQUIRES(mu_);
   bool live_locked(uint32_t id) const NRX_REQUIRES(mu_);
   void describe_run_locked(const Run& run, v1::RunReply* reply) const NRX_REQUIRES(mu_);
@@ -146,7 +181,8 @@ class Controller {
   std::condition_variable_any changed_;
   std::vector<Node> nodes_ NRX_GUARDED_BY(mu_);
   uint32_t replicas_per_node_ NRX_GUARDED_BY(mu_) = 0;  // set by the first join
-  std::string coherence_ NRX_GUARDED_BY(mu_);            // likewise
+  std::string coherence_ NRX_GUARDED_BY(mu_);            // likewise (shm only)
+  std::string log_ NRX_GUARDED_BY(mu_);                  // likewise: the transport kind
   std::map<uint64_t, Run> runs_ NRX_GUARDED_BY(mu_);
   uint64_t current_run_ NRX_GUARDED_BY(mu_) = 0;  // 0: none going on
   uint64_t next_run_ NRX_GUARDED_BY(mu_) = 1;

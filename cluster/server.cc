@@ -55,6 +55,17 @@ struct ControllerServer::Service final : v1::Controller::Service {
   grpc::Status Shutdown(grpc::ServerContext*, const v1::ShutdownRequest* req, v1::ShutdownReply*) override {
     return to_grpc(controller.shutdown(*req));
   }
+  grpc::Status Exchange(grpc::ServerContext* ctx, const v1::ExchangeRequest* req, v1::ExchangeReply* rep) override {
+    // The caller's deadline, if sooner than the request's timeout; a caller that went away (or a
+    // server shutting down, which cancels its calls) ends the wait too.
+    Clock::time_point deadline = Clock::time_point::max();
+    const auto client_deadline = ctx->deadline();
+    if (client_deadline != std::chrono::system_clock::time_point::max()) {
+      deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(client_deadline -
+                                                                            std::chrono::system_clock::now());
+    }
+    return to_grpc(controller.exchange(*req, rep, deadline, [ctx] { return ctx->IsCancelled(); }));
+  }
   Controller& controller;
 };
 
@@ -169,6 +180,11 @@ Status ControllerClient::status(const v1::StatusRequest& req, v1::StatusReply* r
 Status ControllerClient::shutdown(const v1::ShutdownRequest& req, Timeout t) {
   v1::ShutdownReply rep;
   return call(t, [&](grpc::ClientContext* ctx) { return stub_->stub->Shutdown(ctx, req, &rep); });
+}
+Status ControllerClient::exchange(const v1::ExchangeRequest& req, v1::ExchangeReply* rep) {
+  const uint32_t ms = req.timeout_ms() == 0 ? kDefaultExchangeTimeoutMs : req.timeout_ms();
+  return call(Timeout(ms) + kExchangeSlack,
+              [&](grpc::ClientContext* ctx) { return stub_->stub->Exchange(ctx, req, rep); });
 }
 Status ControllerClient::wait_connected(Timeout t) {
   if (channel_->WaitForConnected(std::chrono::system_clock::now() + t)) return Status::ok_status();

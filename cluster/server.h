@@ -5,6 +5,9 @@
 // serves TLS and the client checks the controller's certificate against the cluster's CA.
 //
 // The server runs a lease thread that calls Controller::expire_leases() every heartbeat period.
+// Run and Exchange block in their handlers (gRPC's sync server gives each call a thread of its
+// own); both end by the caller's deadline at the latest, and Exchange also when the caller goes
+// away.
 //
 //   auto server = ControllerServer::start(*controller, {"127.0.0.1:0"}, std::nullopt).value();
 //   auto client = ControllerClient::connect("127.0.0.1:" + std::to_string(server->port()),
@@ -73,6 +76,11 @@ class ControllerClient {
   Status run(const v1::RunRequest& request, v1::RunReply* reply, Timeout timeout);
   Status status(const v1::StatusRequest& request, v1::StatusReply* reply, Timeout timeout = Timeout(5000));
   Status shutdown(const v1::ShutdownRequest& request, Timeout timeout = Timeout(5000));
+  // Blocks until every machine of the run posted (Controller::exchange): the call's own deadline
+  // is the request's timeout_ms (0: kDefaultExchangeTimeoutMs) plus kExchangeSlack, so that the
+  // controller's answer (kDeadlineExceeded naming the machines that did not post) arrives first.
+  static constexpr Timeout kExchangeSlack{5000};
+  Status exchange(const v1::ExchangeRequest& request, v1::ExchangeReply* reply);
   // Waits until the channel is connected or |timeout|. Errors: kUnavailable.
   Status wait_connected(Timeout timeout);
 

@@ -1,8 +1,10 @@
 // Tests of the control plane (cluster/): Controller's logic on a clock the test moves (joins,
 // validation, leases and fencing, run orchestration: machine 0 formats first, the others attach
-// after, barriers, digests, failures and deadlines), then the same controller over real gRPC on
+// after, barriers, digests, failures and deadlines; rdma clusters, whose runs have no format step,
+// and the endpoint exchange among a run's machines), then the same controller over real gRPC on
 // loopback TCP and a unix socket, with TLS from `init_cluster_dir`, and Agent (a machine's side)
-// against a live server: run orders, losing the lease when the controller goes away, fencing.
+// against a live server: run orders, losing the lease when the controller goes away, fencing,
+// endpoint exchange.
 //
 // No test sleeps to wait for a condition: the controller's clock is injected, and conditions on
 // other threads are polled against a deadline.
@@ -115,6 +117,14 @@ v1::Transport shm_transport() {
   return t;
 }
 
+// The RDMA log's transport: a device name, no region.
+v1::Transport rdma_transport(const std::string& device = "rxe0") {
+  v1::Transport t;
+  t.set_kind("rdma");
+  t.set_path(device);
+  return t;
+}
+
 v1::JoinRequest join_request(const std::string& hostname, uint32_t nodes = 2) {
   v1::JoinRequest r;
   r.set_protocol(kProtocol);
@@ -122,6 +132,13 @@ v1::JoinRequest join_request(const std::string& hostname, uint32_t nodes = 2) {
   r.set_hostname(hostname);
   *r.mutable_topology() = topology(nodes);
   *r.add_transports() = shm_transport();
+  return r;
+}
+
+v1::JoinRequest rdma_join_request(const std::string& hostname, uint32_t nodes = 2) {
+  v1::JoinRequest r = join_request(hostname, nodes);
+  r.clear_transports();
+  *r.add_transports() = rdma_transport();
   return r;
 }
 
@@ -254,7 +271,13 @@ TEST(ControllerJoin, RefusesMalformedRequests) {
       {"0 cpus", [](v1::JoinRequest* r) { r->mutable_topology()->set_cpus(0); }},
       {"0 cores per node", [](v1::JoinRequest* r) { r->mutable_topology()->set_cores_per_node(0); }},
       {"no transports", [](v1::JoinRequest* r) { r->clear_transports(); }},
-      {"rdma", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_kind("rdma"); }},
+      {"unknown kind", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_kind("tcp"); }},
+      {"empty kind", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_kind(""); }},
+      {"rdma with a path", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_kind("rdma"); }},
+      {"rdma without a device", [](v1::JoinRequest* r) { *r->mutable_transports(0) = rdma_transport(""); }},
+      {"rdma device too long", [](v1::JoinRequest* r) { *r->mutable_transports(0) = rdma_transport(std::string(65, 'r')); }},
+      {"rdma device with a space", [](v1::JoinRequest* r) { *r->mutable_transports(0) = rdma_transport("rxe 0"); }},
+      {"rdma device unprintable", [](v1::JoinRequest* r) { *r->mutable_transports(0) = rdma_transport("rxe\n"); }},
       {"relative path", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_path("dev/shm/x"); }},
       {"empty path", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_path(""); }},
       {"tiny region", [](v1::JoinRequest* r) { r->mutable_transports(0)->set_bytes(uint64_t{1} << 20); }},
@@ -290,6 +313,40 @@ TEST(ControllerJoin, RefusesTopologyMismatch) {
   ASSERT_TRUE(c->join(join_request("b", 2), &j).ok());
   EXPECT_EQ(j.node_id(), 1u) << "the refused join took no node id";
   EXPECT_EQ(j.first_replica(), 2u);
+}
+
+TEST(ControllerJoin, AcceptsRdmaAndOneKindPerCluster) {
+  FakeClock clock;
+  auto c = Controller::create(options(clock, 3)).value();
+  v1::JoinReply j;
+  v1::JoinRequest first = rdma_join_request("a");
+  first.mutable_transports(0)->set_bytes(0);  // bytes and coherence mean nothing for rdma
+  Status st = c->join(first, &j);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  v1::JoinRequest longest = rdma_join_request("b");
+  *longest.mutable_transports(0) = rdma_transport(std::string(64, 'm'));
+  longest.mutable_transports(0)->set_coherence("noncoherent");
+  st = c->join(longest, &j);
+  ASSERT_TRUE(st.ok()) << "a 64-character device, coherence ignored: " << st.to_string();
+  EXPECT_EQ(j.node_id(), 1u);
+
+  st = c->join(join_request("shm-host"), &j);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.message().find("rdma"), std::string::npos) << st.to_string();
+  EXPECT_NE(st.message().find("shm"), std::string::npos) << st.to_string();
+  ASSERT_TRUE(c->join(rdma_join_request("c"), &j).ok());
+  EXPECT_EQ(j.node_id(), 2u) << "the refused join took no node id";
+  v1::StatusReply s = status_of(*c);
+  ASSERT_EQ(s.nodes_size(), 3);
+  EXPECT_EQ(s.nodes(1).transports(0).kind(), "rdma");
+  EXPECT_EQ(s.nodes(1).transports(0).path(), std::string(64, 'm'));
+
+  // The other way round: a shm cluster refuses an rdma machine.
+  auto shm = Controller::create(options(clock, 3)).value();
+  ASSERT_TRUE(shm->join(join_request("a"), &j).ok());
+  st = shm->join(rdma_join_request("b"), &j);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.message().find("transport mismatch"), std::string::npos) << st.to_string();
 }
 
 TEST(ControllerJoin, RefusesAFullCluster) {
@@ -510,6 +567,7 @@ TEST_F(ControllerRunTest, MachineZeroFormatsThenTheOthersAttach) {
   EXPECT_EQ(r0.run().workload(), "kv");
   EXPECT_EQ(r0.run().seconds(), 1.0);
   EXPECT_EQ(r0.run().seed(), 7u);
+  EXPECT_EQ(r0.run().log(), "shm");
   const uint64_t region = r0.run().region_cluster_id();
   EXPECT_NE(region, 0u);
 
@@ -523,6 +581,7 @@ TEST_F(ControllerRunTest, MachineZeroFormatsThenTheOthersAttach) {
   v1::HeartbeatReply r1 = beat(1, 0, v1::PHASE_IDLE);
   ASSERT_EQ(r1.run().run_id(), run);
   EXPECT_FALSE(r1.run().format());
+  EXPECT_EQ(r1.run().log(), "shm");
   EXPECT_EQ(r1.run().machine(), 1u);
   EXPECT_EQ(r1.run().region_cluster_id(), region);
   v1::HeartbeatReply r2 = beat(2, 0, v1::PHASE_IDLE);
@@ -719,6 +778,311 @@ TEST_F(ControllerRunTest, ShutdownEndsWaitsAndTellsTheMachines) {
   EXPECT_EQ(c_->wait_run(run, Clock::now() + 30s, &rr).code(), StatusCode::kUnavailable);
   v1::JoinReply j;
   EXPECT_EQ(c_->join(join_request("late"), &j).code(), StatusCode::kUnavailable);
+}
+
+// --- RDMA runs and endpoint exchange ------------------------------------------------------------
+
+// A 3-machine rdma cluster (no shared region), 2 replicas each, on the test's clock.
+class ControllerRdmaTest : public ControllerRunTest {
+ protected:
+  void SetUp() override {
+    c_ = Controller::create(options(clock_, 3)).value();
+    for (uint32_t i = 0; i < 3; ++i) {
+      v1::JoinReply j;
+      ASSERT_TRUE(c_->join(rdma_join_request("r" + std::to_string(i), 2), &j).ok());
+      tokens_.push_back(j.token());
+    }
+  }
+
+  v1::ExchangeRequest exchange_request(uint32_t id, uint64_t run, const std::string& name,
+                                       std::vector<std::string> to, uint32_t timeout_ms = 10000) {
+    v1::ExchangeRequest r;
+    r.set_secret(kSecret);
+    r.set_node_id(id);
+    r.set_token(tokens_[id]);
+    r.set_run_id(run);
+    r.set_name(name);
+    for (std::string& t : to) r.add_to_machines(std::move(t));
+    r.set_timeout_ms(timeout_ms);
+    return r;
+  }
+
+  // What machine |from| sends machine |to| under |name| (distinct for every pair and name).
+  static std::string endpoint(const std::string& name, uint32_t from, uint32_t to) {
+    return name + ":qp=" + std::to_string(100 * from + to) + ",from=" + std::to_string(from) + ",to=" + std::to_string(to);
+  }
+  // Machine |id|'s to_machines in a run of |machines|: its own entry empty.
+  static std::vector<std::string> endpoints(const std::string& name, uint32_t id, uint32_t machines = 3) {
+    std::vector<std::string> to(machines);
+    for (uint32_t m = 0; m < machines; ++m) {
+      if (m != id) to[m] = endpoint(name, id, m);
+    }
+    return to;
+  }
+
+  Status exchange(uint32_t id, uint64_t run, const std::string& name, uint32_t timeout_ms, v1::ExchangeReply* rep) {
+    return c_->exchange(exchange_request(id, run, name, endpoints(name, id), timeout_ms), rep);
+  }
+
+  // Every machine of |run| exchanges under |name| from a thread of its own; checks all 6 directions.
+  void exchange_all(uint64_t run, const std::string& name) {
+    std::vector<v1::ExchangeReply> replies(3);
+    std::vector<Status> results(3);
+    std::vector<std::thread> threads;
+    for (uint32_t id = 0; id < 3; ++id) {
+      threads.emplace_back([&, id] { results[id] = exchange(id, run, name, 60000, &replies[id]); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (uint32_t me = 0; me < 3; ++me) {
+      ASSERT_TRUE(results[me].ok()) << "machine " << me << ": " << results[me].to_string();
+      ASSERT_EQ(replies[me].from_machines_size(), 3) << "machine " << me;
+      for (uint32_t j = 0; j < 3; ++j) {
+        EXPECT_EQ(replies[me].from_machines(static_cast<int>(j)), j == me ? "" : endpoint(name, j, me))
+            << "what machine " << j << " sent machine " << me;
+      }
+    }
+  }
+};
+
+TEST_F(ControllerRdmaTest, EveryMachineGetsItsOrderAtOnce) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  // Machine 0 has not even beaten yet: there is no region to wait for.
+  for (uint32_t id : {2u, 1u, 0u}) {
+    v1::HeartbeatReply r = beat(id, 0, v1::PHASE_IDLE);
+    ASSERT_EQ(r.run().run_id(), run) << "machine " << id;
+    EXPECT_EQ(r.run().machine(), id);
+    EXPECT_EQ(r.run().machines(), 3u);
+    EXPECT_EQ(r.run().log(), "rdma");
+    EXPECT_FALSE(r.run().format()) << "nothing to format";
+    EXPECT_FALSE(r.run().noncoherent());
+  }
+  // Machine 0 failing early does not end the run "before it formatted": the others run on, and the
+  // run ends when every machine reported.
+  ASSERT_TRUE(report(0, run, false).ok());
+  EXPECT_EQ(status_of(*c_).run_state(), "running");
+  EXPECT_EQ(beat(1, 0, v1::PHASE_IDLE).run().run_id(), run) << "still ordered";
+  ASSERT_TRUE(report(1, run, true).ok());
+  ASSERT_TRUE(report(2, run, true).ok());
+  v1::RunReply rr;
+  ASSERT_TRUE(c_->wait_run(run, Clock::now() + 10s, &rr).ok());
+  EXPECT_FALSE(rr.ok());
+  EXPECT_EQ(rr.error().find("before it formatted"), std::string::npos) << rr.error();
+  EXPECT_EQ(rr.machines(0).outcome(), "failed");
+  EXPECT_EQ(rr.machines(1).outcome(), "ok");
+}
+
+TEST_F(ControllerRdmaTest, MachineZeroFencedEarlyDoesNotEndTheRun) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  clock_.advance(3s);
+  beat(1, run, v1::PHASE_RUNNING);
+  beat(2, run, v1::PHASE_RUNNING);
+  clock_.advance(2s);
+  EXPECT_EQ(c_->expire_leases(), std::vector<uint32_t>{0});
+  EXPECT_EQ(status_of(*c_).run_state(), "running") << "the survivors report";
+  ASSERT_TRUE(report(1, run, true).ok());
+  ASSERT_TRUE(report(2, run, true).ok());
+  v1::RunReply rr;
+  ASSERT_TRUE(c_->wait_run(run, Clock::now() + 10s, &rr).ok());
+  EXPECT_TRUE(rr.ok()) << rr.error();
+  EXPECT_EQ(rr.machines(0).outcome(), "fenced");
+}
+
+TEST_F(ControllerRdmaTest, ExchangeGivesEachMachineWhatTheOthersSentIt) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  exchange_all(run, "proc");
+  exchange_all(run, "fs0");  // names are separate barriers
+  // A retry after the exchange completed answers the same at once.
+  v1::ExchangeReply again;
+  ASSERT_TRUE(exchange(1, run, "proc", 60000, &again).ok());
+  ASSERT_EQ(again.from_machines_size(), 3);
+  EXPECT_EQ(again.from_machines(0), endpoint("proc", 0, 1));
+  EXPECT_EQ(again.from_machines(1), "");
+  EXPECT_EQ(again.from_machines(2), endpoint("proc", 2, 1));
+}
+
+TEST_F(ControllerRdmaTest, ExchangeRefusesMalformedRequests) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  struct Case {
+    const char* what;
+    StatusCode code;
+    std::function<void(v1::ExchangeRequest*)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"wrong secret", StatusCode::kPermissionDenied, [](v1::ExchangeRequest* r) { r->set_secret("wrong-wrong-wrong-wrong"); }},
+      {"stale token", StatusCode::kFailedPrecondition, [](v1::ExchangeRequest* r) { r->set_token(r->token() ^ 1); }},
+      {"unknown node", StatusCode::kNotFound, [](v1::ExchangeRequest* r) { r->set_node_id(9); }},
+      {"no such run", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_run_id(99); }},
+      {"too few entries", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->mutable_to_machines()->RemoveLast(); }},
+      {"too many entries", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->add_to_machines("x"); }},
+      {"own entry not empty", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_to_machines(0, "me"); }},
+      {"entry too long", StatusCode::kInvalidArgument,
+       [](v1::ExchangeRequest* r) { r->set_to_machines(1, std::string(kMaxExchangeEntryBytes + 1, 'e')); }},
+      {"empty name", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_name(""); }},
+      {"long name", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_name(std::string(65, 'n')); }},
+      {"name with a slash", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_name("fs/0"); }},
+      {"name with a space", StatusCode::kInvalidArgument, [](v1::ExchangeRequest* r) { r->set_name("fs 0"); }},
+      {"timeout too long", StatusCode::kInvalidArgument,
+       [](v1::ExchangeRequest* r) { r->set_timeout_ms(kMaxExchangeTimeoutMs + 1); }},
+  };
+  for (const Case& k : cases) {
+    v1::ExchangeRequest r = exchange_request(0, run, "proc", endpoints("proc", 0));
+    k.spoil(&r);
+    v1::ExchangeReply rep;
+    Status st = c_->exchange(r, &rep);
+    EXPECT_EQ(st.code(), k.code) << k.what << ": " << st.to_string();
+    EXPECT_FALSE(st.message().empty()) << k.what;
+  }
+  // None of the refused requests posted: other content from machine 0 is no conflict.
+  v1::ExchangeReply rep;
+  Status st = c_->exchange(exchange_request(0, run, "proc", {"", "x", "y"}, 1), &rep);
+  EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st.to_string();
+
+  // A machine of the cluster that takes no part in the run: one that joined after it started
+  // (machine 2 is fenced to make room for it).
+  clock_.advance(3s);
+  beat(0, run, v1::PHASE_RUNNING);
+  beat(1, run, v1::PHASE_RUNNING);
+  clock_.advance(2s);
+  ASSERT_EQ(c_->expire_leases(), std::vector<uint32_t>{2});
+  v1::JoinReply late;
+  ASSERT_TRUE(c_->join(rdma_join_request("late"), &late).ok());
+  tokens_.push_back(late.token());
+  st = c_->exchange(exchange_request(late.node_id(), run, "proc", {"a", "b", "c"}), &rep);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.message().find("no part"), std::string::npos) << st.to_string();
+}
+
+TEST_F(ControllerRdmaTest, SameContentIsARetryOtherContentIsRefused) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  v1::ExchangeReply rep;
+  // Nobody else posts: the wait times out, but the post stays.
+  Status st = exchange(0, run, "proc", 1, &rep);
+  EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st.to_string();
+  st = exchange(0, run, "proc", 1, &rep);
+  EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << "the same content again is a retry: " << st.to_string();
+  std::vector<std::string> other = endpoints("proc", 0);
+  other[2] = "another queue pair";
+  st = c_->exchange(exchange_request(0, run, "proc", other, 1), &rep);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.to_string();
+  EXPECT_NE(st.message().find("other content"), std::string::npos) << st.to_string();
+  // The first content stands: the exchange completes with it.
+  exchange_all(run, "proc");
+}
+
+TEST_F(ControllerRdmaTest, DeadlineNamesTheMachinesThatDidNotPost) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  std::vector<Status> results(2);
+  std::vector<Clock::duration> took(2);
+  std::vector<std::thread> threads;
+  for (uint32_t id = 0; id < 2; ++id) {
+    threads.emplace_back([&, id] {
+      v1::ExchangeReply rep;
+      const Clock::time_point t0 = Clock::now();
+      results[id] = exchange(id, run, "proc", 100, &rep);
+      took[id] = Clock::now() - t0;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (uint32_t id = 0; id < 2; ++id) {
+    EXPECT_EQ(results[id].code(), StatusCode::kDeadlineExceeded) << results[id].to_string();
+    const std::string& m = results[id].message();
+    EXPECT_NE(m.find("machines 2 (node 2) did not post"), std::string::npos) << m;
+    EXPECT_EQ(m.find("0 (node 0)"), std::string::npos) << "machine 0 posted: " << m;
+    EXPECT_EQ(m.find("1 (node 1)"), std::string::npos) << "machine 1 posted: " << m;
+    EXPECT_GE(took[id], 100ms) << "waited for the timeout";
+    EXPECT_LT(took[id], 10s);
+  }
+}
+
+TEST_F(ControllerRdmaTest, AMachineFencedWhileOthersWaitAbortsTheExchange) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  clock_.advance(3s);
+  beat(0, run, v1::PHASE_RUNNING);
+  beat(1, run, v1::PHASE_RUNNING);
+  std::vector<Status> results(2);
+  std::vector<Clock::duration> took(2);
+  std::vector<std::thread> threads;
+  for (uint32_t id = 0; id < 2; ++id) {
+    threads.emplace_back([&, id] {
+      v1::ExchangeReply rep;
+      const Clock::time_point t0 = Clock::now();
+      results[id] = exchange(id, run, "proc", 60000, &rep);
+      took[id] = Clock::now() - t0;
+    });
+  }
+  clock_.advance(2s);  // machine 2 never beat or posted: its lease runs out
+  EXPECT_EQ(c_->expire_leases(), std::vector<uint32_t>{2});
+  for (std::thread& t : threads) t.join();
+  for (uint32_t id = 0; id < 2; ++id) {
+    EXPECT_EQ(results[id].code(), StatusCode::kAborted) << results[id].to_string();
+    EXPECT_NE(results[id].message().find("machine 2 (node 2) was fenced"), std::string::npos) << results[id].to_string();
+    EXPECT_LT(took[id], 10s) << "woken by the fencing, not the timeout";
+  }
+  v1::ExchangeReply rep;
+  EXPECT_EQ(exchange(2, run, "proc", 60000, &rep).code(), StatusCode::kAborted) << "the fenced machine itself";
+}
+
+TEST_F(ControllerRdmaTest, AMachineReportedUnreachableIsFencedAtOnce) {
+  const uint64_t run = c_->start_run(run_request()).value();
+  for (uint32_t id = 0; id < 3; ++id) beat(id, run, v1::PHASE_RUNNING);
+  // Machine 0's RDMA link to machine 1 broke; machine 1 still beats (its lease is fine), but its
+  // mirrors miss entries from now on: it is fenced without waiting for the lease.
+  v1::HeartbeatRequest hb;
+  hb.set_secret(kSecret);
+  hb.set_node_id(0);
+  hb.set_token(tokens_[0]);
+  hb.set_run_id(run);
+  hb.set_phase(v1::PHASE_RUNNING);
+  hb.add_unreachable_machines(1);
+  hb.add_unreachable_machines(0);   // itself: ignored
+  hb.add_unreachable_machines(7);   // no such machine: ignored
+  v1::HeartbeatReply rep;
+  ASSERT_TRUE(c_->heartbeat(hb, &rep).ok());
+  EXPECT_EQ(std::vector<uint32_t>(rep.fenced_machines().begin(), rep.fenced_machines().end()), std::vector<uint32_t>{1});
+  v1::HeartbeatReply told = beat(1, run, v1::PHASE_RUNNING);
+  EXPECT_EQ(told.verdict(), v1::HeartbeatReply::VERDICT_FENCED);
+  v1::StatusRequest sr;
+  sr.set_secret(kSecret);
+  v1::StatusReply st;
+  ASSERT_TRUE(c_->status(sr, &st).ok());
+  ASSERT_EQ(st.nodes_size(), 3);
+  EXPECT_EQ(st.nodes(1).state(), "fenced");
+  EXPECT_EQ(st.nodes(1).fenced_reason(), "its RDMA link broke (reported by node 0)");
+  EXPECT_EQ(st.nodes(0).state(), "live");
+  EXPECT_EQ(st.nodes(2).state(), "live");
+  // A list longer than any cluster is refused.
+  for (int i = 0; i < 70; ++i) hb.add_unreachable_machines(2);
+  EXPECT_EQ(c_->heartbeat(hb, &rep).code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(ControllerRdmaTest, TheRunEndingOrShutdownEndsTheWait) {
+  uint64_t run = c_->start_run(run_request()).value();
+  Status waited;
+  std::thread waiter([&] {
+    v1::ExchangeReply rep;
+    waited = exchange(0, run, "proc", 60000, &rep);
+  });
+  v1::RunReply rr;
+  EXPECT_EQ(c_->wait_run(run, Clock::now() - 1ms, &rr).code(), StatusCode::kDeadlineExceeded) << "abandoned";
+  waiter.join();
+  EXPECT_EQ(waited.code(), StatusCode::kAborted) << waited.to_string();
+
+  // The next run forgets the last run's endpoints: new content under the same name is no conflict.
+  const uint64_t old = run;
+  run = c_->start_run(run_request()).value();
+  v1::ExchangeReply rep;
+  EXPECT_EQ(exchange(0, old, "proc", 60000, &rep).code(), StatusCode::kAborted) << "the last run is over";
+  std::vector<std::string> fresh = endpoints("proc", 0);
+  fresh[1] = "run " + std::to_string(run);
+  EXPECT_EQ(c_->exchange(exchange_request(0, run, "proc", fresh, 1), &rep).code(), StatusCode::kDeadlineExceeded);
+
+  waiter = std::thread([&] { waited = exchange(1, run, "proc", 60000, &rep); });
+  v1::ShutdownRequest down;
+  down.set_secret(kSecret);
+  ASSERT_TRUE(c_->shutdown(down).ok());
+  waiter.join();
+  EXPECT_EQ(waited.code(), StatusCode::kCancelled) << waited.to_string();
+  EXPECT_EQ(exchange(2, run, "proc", 60000, &rep).code(), StatusCode::kCancelled) << "after the shutdown";
 }
 
 // --- Over gRPC ----------------------------------------------------------------------------------
@@ -1070,6 +1434,64 @@ TEST_F(ClusterAgent, NoControllerIsUnavailableAfterJoinTimeout) {
   Status st = Agent::join(o).status();
   EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.to_string();
   EXPECT_LT(Clock::now() - t0, 5s);
+}
+
+// Two machines of an rdma cluster, each an Agent over gRPC, swap endpoints through the controller.
+TEST(ClusterAgentRdma, ExchangeThroughTheServer) {
+  FakeClock clock;  // the controller fences nobody: its clock stands still
+  auto c = Controller::create({.secret = kSecret, .expected_nodes = 2, .lease = 1000ms, .heartbeat = 20ms,
+                               .now = clock.fn()})
+               .value();
+  auto server = ControllerServer::start(*c, {"127.0.0.1:0"}, std::nullopt).value();
+  const std::string address = "127.0.0.1:" + std::to_string(server->port());
+  AgentOptions o;
+  o.address = address;
+  o.secret = kSecret;
+  o.topology = topology(1);
+  o.transports = {rdma_transport()};
+  o.join_timeout = 10s;
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int i = 0; i < 2; ++i) {
+    o.hostname = "rdma-" + std::to_string(i);
+    auto a = Agent::join(o);
+    ASSERT_TRUE(a.ok()) << a.status().to_string();
+    agents.push_back(std::move(*a));
+  }
+  const uint64_t run = c->start_run(run_request()).value();
+  for (uint32_t i = 0; i < 2; ++i) {
+    Result<v1::RunOrder> order = agents[i]->next_run(Clock::now() + 5s);
+    ASSERT_TRUE(order.ok()) << order.status().to_string();
+    EXPECT_EQ(order->run_id(), run);
+    EXPECT_EQ(order->log(), "rdma");
+    EXPECT_EQ(order->machine(), i);
+    EXPECT_EQ(order->machines(), 2u);
+  }
+
+  // Alone, machine 0 gets the controller's deadline (not gRPC's), naming machine 1.
+  Result<std::vector<std::string>> alone = agents[0]->exchange(run, "solo", {"", "0 to 1"}, 50ms);
+  EXPECT_EQ(alone.status().code(), StatusCode::kDeadlineExceeded) << alone.status().to_string();
+  EXPECT_NE(alone.status().message().find("1 (node 1) did not post"), std::string::npos) << alone.status().to_string();
+
+  Result<std::vector<std::string>> from1 = Status::internal("not run");
+  std::thread machine1([&] { from1 = agents[1]->exchange(run, "proc", {"qp 1 to 0", ""}, 10s); });
+  Result<std::vector<std::string>> from0 = agents[0]->exchange(run, "proc", {"", "qp 0 to 1"}, 10s);
+  machine1.join();
+  ASSERT_TRUE(from0.ok()) << from0.status().to_string();
+  ASSERT_TRUE(from1.ok()) << from1.status().to_string();
+  EXPECT_EQ(*from0, (std::vector<std::string>{"", "qp 1 to 0"}));
+  EXPECT_EQ(*from1, (std::vector<std::string>{"qp 0 to 1", ""}));
+
+  // The controller's refusals keep their codes across gRPC.
+  EXPECT_EQ(agents[0]->exchange(run, "bad name", {"", "x"}, 10s).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(agents[0]->exchange(run, "proc", {"", "other"}, 10s).status().code(), StatusCode::kFailedPrecondition);
+  auto client = ControllerClient::connect(address, std::nullopt).value();
+  v1::ExchangeRequest req;
+  req.set_secret("wrong-wrong-wrong-wrong");
+  req.set_run_id(run);
+  req.set_name("proc");
+  v1::ExchangeReply rep;
+  EXPECT_EQ(client->exchange(req, &rep).code(), StatusCode::kPermissionDenied);
+  for (const auto& a : agents) EXPECT_FALSE(a->lost()) << a->lost_reason();
 }
 
 }  // namespace
