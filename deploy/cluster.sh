@@ -2,13 +2,15 @@
 # deploy/cluster.sh: an nrx cluster of QEMU VMs in one command (`nrx cluster up` and `nrx cluster
 # down` run this script). `up` makes the cluster's secret and TLS certificates (nrx cluster init),
 # starts N VMs on one shared memory and a private network (deploy/vm.sh), each running
-# `nrx node --controller` on its view of the shared region, then the controller on the host inside
+# `nrx node --controller` on its view of the shared region (or, with --log rdma, on soft-RoCE over
+# the private network: no shared memory at all), then the controller on the host inside
 # the VMs' network namespace (10.77.0.1:7700, and a unix socket in the run directory for the host's
 # tools), and returns once every machine joined. `down` tells the controller to stop (the machines
 # leave and their VMs power off), stops whatever is left by PID, and removes the shared memory and
 # the network namespace. Progress goes to stderr.
 #
 #   deploy/cluster.sh up --nodes 3        # then: nrx cluster run kv; nrx cluster status
+#   deploy/cluster.sh up --nodes 2 --log rdma
 #   deploy/cluster.sh down
 set -euo pipefail
 
@@ -32,6 +34,9 @@ options:
                     it) or cxl (an emulated CXL type-3 device, /dev/dax0.0 in every guest; loads
                     and stores are shared, atomics are not: the logs' noncoherent mode, with
                     machine 0 of each run as their sequencer)
+  --log BACKEND     where the kernels share their logs: shm (default: the shared memory of --shm)
+                    or rdma (RDMA logs over soft-RoCE, rdma_rxe on each VM's private NIC; no
+                    shared memory; machine 0 of each run sequences the logs)
   --shm-mb MB       size of the shared region, a power of two (default 512)
   --mem MB          guest RAM (default 512)
   --lease-ms MS     a machine silent this long is fenced (default 6000: TCG guests on a busy host
@@ -61,7 +66,9 @@ case "$cmd" in
 esac
 
 nodes=3
+log=shm
 shm=ivshmem
+shm_set=0
 shm_mb=512
 mem=512
 lease_ms=6000
@@ -75,7 +82,8 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 while (($#)); do
   case "$1" in
     --nodes) nodes="${2:?--nodes needs a number}"; shift ;;
-    --shm) shm="${2:?--shm needs ivshmem or cxl}"; shift ;;
+    --shm) shm="${2:?--shm needs ivshmem or cxl}"; shm_set=1; shift ;;
+    --log) log="${2:?--log needs shm or rdma}"; shift ;;
     --shm-mb) shm_mb="${2:?--shm-mb needs a number}"; shift ;;
     --mem) mem="${2:?--mem needs a number}"; shift ;;
     --lease-ms) lease_ms="${2:?--lease-ms needs a number}"; shift ;;
@@ -97,6 +105,11 @@ is_uint "$timeout" || die "--timeout must be a number of seconds"
 case "$shm" in
   ivshmem|cxl) ;;
   *) die "--shm must be ivshmem or cxl, not '$shm'" ;;
+esac
+case "$log" in
+  shm) ;;
+  rdma) ((!shm_set)) || die "--shm goes with --log shm (--log rdma shares no memory)"; shm=none ;;
+  *) die "--log must be shm or rdma, not '$log'" ;;
 esac
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -163,6 +176,13 @@ mkdir -p /tmp/nrx-cluster
 printf '%s\n' "$NRX_SECRET" >/tmp/nrx-cluster/secret
 if [ -n "${NRX_CA_B64:-}" ]; then printf '%s' "$NRX_CA_B64" | base64 -d >/tmp/nrx-cluster/ca.pem; fi
 hostname "nrx-vm$NRX_VM_INDEX"
+if [ "$NRX_SHM" = none ]; then
+  # --log rdma: soft-RoCE on the private NIC (rxe0); the logs' endpoints go through the controller.
+  rxe=$(nrx_rxe) || { echo "node: nrx_rxe failed (no soft-RoCE device)"; exit 1; }
+  echo "node: vm $NRX_VM_INDEX at $NRX_IP, RDMA $rxe, controller $NRX_CONTROLLER"
+  exec nrx node --controller "$NRX_CONTROLLER" --cluster-dir /tmp/nrx-cluster --log rdma --device rxe0 \
+    --nodes 1 --cores-per-node 1 --memory 64
+fi
 if [ "$NRX_SHM" = cxl ]; then
   region=$(nrx_cxl_dax) || { echo "node: no CXL dax device"; exit 1; }
   coherence=noncoherent
@@ -178,7 +198,11 @@ GUEST
   trap 'exit 130' INT
   trap 'exit 143' TERM
   local t0=$SECONDS
-  say "up: starting $nodes VMs (shared memory: $shm, $shm_mb MiB; private network 10.77.0.0/24)"
+  if [[ "$log" == rdma ]]; then
+    say "up: starting $nodes VMs (RDMA logs over soft-RoCE; private network 10.77.0.0/24)"
+  else
+    say "up: starting $nodes VMs (shared memory: $shm, $shm_mb MiB; private network 10.77.0.0/24)"
+  fi
   "$root/deploy/vm.sh" up --vms "$nodes" --dir "$vmdir" --image "$image" --bin "$bin" --shm "$shm" \
     --shm-mb "$shm_mb" --mem "$mem" --net private --script "$dir/node.sh" "${envs[@]}" \
     --boot-timeout "$timeout" || fail "deploy/vm.sh up failed (consoles in $vmdir)"

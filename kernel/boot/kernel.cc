@@ -1,6 +1,7 @@
 #include "kernel/boot/kernel.h"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -21,10 +22,12 @@
 #include "kernel/proc/loader.h"
 #include "kernel/syscall/syscalls.h"
 #include "kernel/vmem/vspace.h"
+#include "logs/rdma/rdma_log.h"
 #include "logs/ring/ring_log.h"
 #include "logs/shm/shm_log.h"
 #include "transport/region.h"
 #include "transport/region_directory.h"
+#include "transport/verbs/mirror.h"
 
 namespace nrx::boot {
 namespace {
@@ -40,6 +43,23 @@ uint64_t mix(uint64_t h, uint64_t v) {
   h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
   return h * 0xff51afd7ed558ccdull;
 }
+
+// The bakery's memory over RDMA (kRdma's scan order): every machine holds a copy of the region;
+// our own words are pushed to the others with posted WRITEs, the fence waits for them, and reads
+// are local. A peer whose link broke is skipped by the mirror (it is dead: the bakery skips its
+// ticket by its lease).
+class MirrorMedium final : public nr::BakeryMedium {
+ public:
+  explicit MirrorMedium(std::shared_ptr<transport::verbs::Mirror> mirror) : mirror_(std::move(mirror)) {}
+  void written(const void* p, size_t n) override {
+    (void)mirror_->publish(static_cast<size_t>(static_cast<const std::byte*>(p) - mirror_->bytes().data()), n);
+  }
+  void to_read(const void*, size_t) override {}
+  void store_load_fence() override { (void)mirror_->fence(); }
+
+ private:
+  std::shared_ptr<transport::verbs::Mirror> mirror_;
+};
 
 }  // namespace
 
@@ -67,7 +87,22 @@ class TablePort {
   virtual logs::ReplicaId replica_id(uint32_t node) const = 0;
   virtual uint32_t registered_replicas() const = 0;  // by every process sharing the log
   virtual LogPosition position() const = 0;
+  virtual Status fence_machine(uint32_t machine) = 0;  // kRdma (see Kernel::fence_machine)
+  virtual uint32_t unreachable() const = 0;            // kRdma: machines whose link broke (bits)
 };
+
+// kRdma's fencing and link reports on one log; nothing for the other backends (logs/shm fences by
+// its own lease).
+template <typename L>
+Status fence_log_machine(L& log, uint32_t machine) {
+  if constexpr (std::is_same_v<L, logs::RdmaLog>) return log.fence_machine(machine);
+  return ok_status();
+}
+template <typename L>
+uint32_t log_unreachable(const L& log) {
+  if constexpr (std::is_same_v<L, logs::RdmaLog>) return log.unreachable();
+  return 0;
+}
 
 template <typename L>
 class TablePortImpl final : public TablePort {
@@ -114,6 +149,8 @@ class TablePortImpl final : public TablePort {
     }
     return p;
   }
+  Status fence_machine(uint32_t machine) override { return fence_log_machine(group_->log(), machine); }
+  uint32_t unreachable() const override { return log_unreachable(group_->log()); }
   uint32_t registered_replicas() const override {
     if constexpr (requires(const L& log) { log.active_replicas(); }) {
       return static_cast<uint32_t>(std::popcount(group_->log().active_replicas()));
@@ -140,6 +177,8 @@ class FsPort {
                        syscall::ProcessCalls* process) = 0;
   virtual uint32_t logs() const = 0;
   virtual LogPosition position(uint32_t log) const = 0;
+  virtual Status fence_machine(uint32_t machine) = 0;
+  virtual uint32_t unreachable() const = 0;
   virtual Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) = 0;
 };
 
@@ -159,11 +198,20 @@ class FsPortImpl final : public FsPort {
     auto [tail, low] = fs_->log_position(log);
     return {"fs" + std::to_string(log), tail, low};
   }
+  Status fence_machine(uint32_t machine) override {
+    for (uint32_t i = 0; i < fs_->logs(); ++i) NRX_RETURN_IF_ERROR(fence_log_machine(fs_->log(i), machine));
+    return ok_status();
+  }
+  uint32_t unreachable() const override {
+    uint32_t u = 0;
+    for (uint32_t i = 0; i < fs_->logs(); ++i) u |= log_unreachable(fs_->log(i));
+    return u;
+  }
   Result<std::unique_ptr<syscall::ChannelServer>> serve_channel(const std::string& path, uint32_t replica) override {
     if constexpr (std::is_same_v<L, logs::RingLog>) {
       return syscall::ChannelServer::start(*fs_, replica, {.path = path});
     } else {
-      return Status::unavailable("the syscall channel serves NR-FS on the ring log only (not with --log shm yet)");
+      return Status::unavailable("the syscall channel serves NR-FS on the ring log only (not with --log shm or rdma yet)");
     }
   }
 
@@ -411,6 +459,81 @@ struct Kernel::Impl {
       }
       return log;
     };
+  }
+
+  // kRdma: connects |c| (an RdmaLog or a Mirror) to every other machine, its endpoints carried by
+  // the placement's exchange under |name|.
+  template <typename Connectable>
+  Status connect_machines(Connectable& c, const std::string& name) {
+    const RdmaPlacement& rp = options.rdma;
+    std::vector<transport::verbs::Endpoint> from(rp.machines);
+    if (rp.machines > 1) {
+      if (!rp.exchange) {
+        return Status::invalid_argument("--log rdma on " + std::to_string(rp.machines) +
+                                        " machines needs a control plane to carry the connection data "
+                                        "(nrx node --controller)");
+      }
+      std::vector<std::string> to(rp.machines);
+      for (uint32_t m = 0; m < rp.machines; ++m) {
+        if (m != rp.machine) to[m] = c.endpoint(m).to_string();
+      }
+      NRX_ASSIGN_OR_RETURN(std::vector<std::string> got, rp.exchange(name, std::move(to)));
+      if (got.size() != rp.machines) {
+        return Status::internal("the exchange of " + name + " returned " + std::to_string(got.size()) +
+                                " endpoints for " + std::to_string(rp.machines) + " machines");
+      }
+      for (uint32_t m = 0; m < rp.machines; ++m) {
+        if (m == rp.machine) continue;
+        Result<transport::verbs::Endpoint> e = transport::verbs::Endpoint::parse(got[m]);
+        if (!e.ok()) return Status::invalid_argument("machine " + std::to_string(m) + "'s endpoint for " + name +
+                                                     ": " + e.status().message());
+        from[m] = *e;
+      }
+    }
+    return c.connect(from);
+  }
+
+  // RDMA logs: log <name><log_id>, a mirror on every machine, connected through the exchange.
+  auto rdma_log_creator(std::string name) {
+    return [this, name](const logs::LogOptions& o) -> Result<std::unique_ptr<logs::RdmaLog>> {
+      const RdmaPlacement& rp = options.rdma;
+      const std::string log_name = name + (name == "fs" ? std::to_string(o.log_id) : "");
+      logs::LogOptions with = o;
+      with.on_lagging = nudging_hook(o.on_lagging, /*ids_are_nodes=*/false);
+      // A log's registered memory is pinned, and its payload arena is repeated per machine (the
+      // owner's slots and everybody's cache): size it to what the log carries. The process table
+      // carries no payloads; NR-FS's are write data of at most one 4 KiB block.
+      if (name == "proc") with.payload_slots = 1;
+      NRX_ASSIGN_OR_RETURN(std::unique_ptr<logs::RdmaLog> log,
+                           logs::RdmaLog::create(with, {.machine = rp.machine,
+                                                        .machines = rp.machines,
+                                                        .device = {.device = rp.device},
+                                                        .payload_bytes = 4096,
+                                                        .replica_base = rp.machine * nodes,
+                                                        .rdma_timeout = rp.rdma_timeout,
+                                                        .hole_grace = rp.lease}));
+      NRX_RETURN_IF_ERROR(connect_machines(*log, log_name));
+      return log;
+    };
+  }
+
+  // kRdma: NR-FS's scans are ordered by a bakery on a region mirrored on every machine. Each
+  // machine formats its own copy before connecting (the mirror pushes nothing until connected).
+  Result<std::unique_ptr<nr::ScanOrder>> rdma_scan_order() {
+    const RdmaPlacement& rp = options.rdma;
+    NRX_ASSIGN_OR_RETURN(std::unique_ptr<transport::verbs::Mirror> made,
+                         transport::verbs::Mirror::create({.machine = rp.machine,
+                                                           .machines = rp.machines,
+                                                           .bytes = nr::BakeryScanOrder::kRegionBytes,
+                                                           .device = {.device = rp.device},
+                                                           .timeout = rp.rdma_timeout}));
+    std::shared_ptr<transport::verbs::Mirror> mirror = std::move(made);
+    nr::SharedScanOrderOptions so{.cluster_id = rp.cluster_id, .participant = rp.machine};
+    so.remote_lease = std::max<std::chrono::nanoseconds>(2 * rp.lease, std::chrono::seconds(10));
+    NRX_ASSIGN_OR_RETURN(auto order,
+                         nr::BakeryScanOrder::create(mirror->bytes(), so, std::make_shared<MirrorMedium>(mirror)));
+    NRX_RETURN_IF_ERROR(connect_machines(*mirror, "fsscan"));
+    return std::unique_ptr<nr::ScanOrder>(std::move(order));
   }
 
   // NR-FS's scans are ordered across the kernel processes by a scan order in window "fsscan" of
@@ -778,7 +901,14 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
   }
   if (cpn > 60) return Status::invalid_argument("at most 60 kernel cores per node");
   const bool shm = options.log == LogBackend::kShm;
-  const uint32_t machines = shm ? options.shm.machines : 1;
+  const bool rdma = options.log == LogBackend::kRdma;
+  const uint32_t machines = shm ? options.shm.machines : rdma ? options.rdma.machines : 1;
+  const uint32_t machine = shm ? options.shm.machine : rdma ? options.rdma.machine : 0;
+  if (rdma && (machines == 0 || machine >= machines || machines > nr::BakeryScanOrder::kMaxParticipants)) {
+    return Status::invalid_argument("machine " + std::to_string(machine) + " of " + std::to_string(machines) +
+                                    " does not exist (--log rdma: 1.." +
+                                    std::to_string(nr::BakeryScanOrder::kMaxParticipants) + " machines)");
+  }
   if (shm) {
     if (options.shm.region.empty()) return Status::invalid_argument("--log shm needs a region path");
     if (machines == 0 || options.shm.machine >= machines) {
@@ -795,7 +925,7 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
     return Status::invalid_argument("at most 64 nodes and " + std::to_string(proc::kMaxCores) +
                                     " kernel cores over every machine");
   }
-  impl->base_node = shm ? options.shm.machine * impl->nodes : 0;
+  impl->base_node = machine * impl->nodes;
   impl->base_core = impl->base_node * cpn;
 
   mem::MemoryOptions mo{.nodes = impl->nodes, .pool_bytes = options.pool_bytes};
@@ -809,7 +939,18 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
   logs::LogOptions lo{.entry_size = sizeof(proc::ProcessTable::WriteOp), .slot_count = options.log_slots};
   lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, total_nodes);
   fs::FsOptions fo{.logs = options.fs_logs, .replica_pools = pools, .log_slots = options.log_slots};
-  if (!shm) {
+  if (rdma) {
+    // As kShm below, over RDMA: the scan order first, then NR-FS's logs, then the table's (every
+    // machine connects them in this order).
+    fo.max_replicas = total_nodes;
+    NRX_ASSIGN_OR_RETURN(std::unique_ptr<nr::ScanOrder> order, impl->rdma_scan_order());
+    NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<logs::RdmaLog>::create_with(*impl->memory, fo,
+                                                                               impl->rdma_log_creator("fs"),
+                                                                               std::move(order)));
+    impl->fs = std::make_unique<FsPortImpl<logs::RdmaLog>>(std::move(nrfs));
+    NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::RdmaLog>::create(lo, impl->rdma_log_creator("proc"),
+                                                                           impl->nodes, total_nodes, cpn));
+  } else if (!shm) {
     NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::RingLog>::create(lo, impl->ring_log_creator(), impl->nodes,
                                                                            total_nodes, cpn));
     NRX_ASSIGN_OR_RETURN(auto nrfs,
@@ -896,6 +1037,20 @@ uint32_t Kernel::first_node() const { return impl_->base_node; }
 std::vector<LogPosition> Kernel::log_positions() const {
   std::vector<LogPosition> out{impl_->table->position()};
   for (uint32_t i = 0; i < impl_->fs->logs(); ++i) out.push_back(impl_->fs->position(i));
+  return out;
+}
+
+Status Kernel::fence_machine(uint32_t machine) {
+  Impl& k = *impl_;
+  if (k.options.log != LogBackend::kRdma) return ok_status();
+  NRX_RETURN_IF_ERROR(k.fs->fence_machine(machine));
+  return k.table->fence_machine(machine);
+}
+
+std::vector<uint32_t> Kernel::unreachable_machines() const {
+  uint32_t bits = impl_->table->unreachable() | impl_->fs->unreachable();
+  std::vector<uint32_t> out;
+  for (; bits != 0; bits &= bits - 1) out.push_back(static_cast<uint32_t>(std::countr_zero(bits)));
   return out;
 }
 
@@ -1102,9 +1257,10 @@ KernelStats Kernel::stats() const {
 std::string Kernel::describe() const {
   const Impl& k = *impl_;
   const bool shm = k.options.log == LogBackend::kShm;
+  const bool rdma = k.options.log == LogBackend::kRdma;
   const std::string replicas = std::to_string(k.nodes) + (k.nodes == 1 ? " replica" : " replicas");
   const std::string slots = std::to_string(k.options.log_slots) + " slots";
-  const std::string shared = shm ? " shm log" : " ring log";
+  const std::string shared = shm ? " shm log" : rdma ? " RDMA log" : " ring log";
   std::string s;
   s += "memory  " + k.memory->describe() + "\n";
   if (shm) {
@@ -1114,6 +1270,13 @@ std::string Kernel::describe() const {
          (k.options.shm.noncoherent ? " (noncoherent), machine " : " (coherent), machine ") +
          std::to_string(k.options.shm.machine) + " of " + std::to_string(k.options.shm.machines) + ", nodes " +
          std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) + " of the cluster\n";
+  }
+  if (rdma) {
+    const RdmaPlacement& rp = k.options.rdma;
+    s += "rdma    device " + (rp.device.empty() ? std::string("(the only one)") : rp.device) + ", machine " +
+         std::to_string(rp.machine) + " of " + std::to_string(rp.machines) + " (machine 0 sequences every log), nodes " +
+         std::to_string(k.base_node) + ".." + std::to_string(k.base_node + k.nodes - 1) +
+         " of the cluster; NR-FS scans ordered by a bakery mirrored on every machine\n";
   }
   s += "proc    process table on NR: " + replicas + " here, 1" + shared + " of " + slots + "; " +
        std::to_string(k.nodes * k.cores_per_node) + " kernel cores (" + std::to_string(k.cores_per_node) +

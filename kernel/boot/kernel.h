@@ -41,6 +41,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -68,6 +69,8 @@ enum class LogBackend : uint8_t {
   kRing,  // in this process (logs/ring): the single-host kernel
   kShm,   // in shared-memory regions (logs/shm): several kernel processes, each a "machine",
           // share the process table and NR-FS (emulated CXL shared memory)
+  kRdma,  // over RDMA (logs/rdma): machines without shared memory share the process table and
+          // NR-FS, each log mirrored on every machine (libibverbs; soft-RoCE in the QEMU cluster)
 };
 
 // kShm: everything shared lives in ONE region (transport::Region), carved into named windows by a
@@ -112,6 +115,32 @@ struct SharedRegion {
 };
 Result<SharedRegion> open_shared_region(const ShmPlacement& placement);
 
+// kRdma: the process table's log "proc" and NR-FS's logs "fs0".."fsN-1" are logs::RdmaLog objects
+// (a mirror of each log on every machine; machine 0 sequences them), and NR-FS's scans are ordered
+// by a nr::BakeryScanOrder whose region "fsscan" is mirrored on every machine with RDMA WRITEs
+// (transport::verbs::Mirror): each machine writes its own block and pushes it to the others.
+// Connection data travels through |exchange| (the cluster's control plane: cluster::Agent), called
+// once per log and for "fsscan", in the same order on every machine; machine m's node n is node
+// m * nodes + n of the shared process table, as with kShm. Every machine boots at the same time
+// (no state transfer yet). Machine 0's death ends the cluster (it holds the logs' tails).
+struct RdmaPlacement {
+  uint32_t machine = 0;    // this kernel's machine number (0 sequences the logs)
+  uint32_t machines = 1;   // kernels sharing the logs (1..16)
+  std::string device;      // the RDMA device, e.g. "rxe0" (empty: the only one)
+  uint64_t cluster_id = 1;  // the scan order's; must match between machines
+  // Sends |to[j]| to machine j (this machine's own entry empty) and returns what every machine j
+  // sent to this one ([j]), once all did; |name| is "proc", "fs0".., or "fsscan". Unused when
+  // machines == 1 (a loopback connection).
+  std::function<Result<std::vector<std::string>>(const std::string& name, std::vector<std::string> to)> exchange;
+  // A scan-lock holder on another machine is presumed dead after twice this (at least 10 s).
+  std::chrono::nanoseconds lease = std::chrono::seconds(2);
+  std::chrono::nanoseconds rdma_timeout = std::chrono::seconds(10);  // a verb without completion
+};
+// Each RDMA log's memory is registered (pinned) and holds the whole log plus, for NR-FS, a payload
+// arena of 2 * log_slots slots of 4 KiB per machine: keep KernelOptions::log_slots small with
+// kRdma (kRdmaLogSlots: about 8.5 MiB per NR-FS log with 3 machines).
+inline constexpr uint32_t kRdmaLogSlots = 256;
+
 struct KernelOptions {
   Topology topology = Topology::detect();  // the nodes to boot on (detected, or emulated)
   uint32_t cores_per_node = 0;             // kernel cores per node; 0: the node's CPU count
@@ -121,6 +150,7 @@ struct KernelOptions {
   bool pin = true;                         // pin core threads to their node's CPUs
   LogBackend log = LogBackend::kRing;      // where the process table's and NR-FS's logs live
   ShmPlacement shm = {};                   // log == kShm
+  RdmaPlacement rdma = {};                 // log == kRdma
 };
 
 struct SpawnOptions {
@@ -189,13 +219,21 @@ class Kernel {
 
   const Topology& topology() const;
   uint32_t nodes() const;  // this kernel's (local) nodes
-  // kShm: replicas registered on the shared process-table log by every machine (this one's
+  // kShm, kRdma: replicas registered on the shared process-table log by every machine (this one's
   // included); kRing: nodes(). A demo waits until all machines have joined before it starts.
   uint32_t registered_replicas() const;
   // The process table's node number of local node 0 (machine * nodes; 0 for kRing).
   uint32_t first_node() const;
   // The process table's and NR-FS's logs (cluster status: positions and lag). Any thread.
   std::vector<LogPosition> log_positions() const;
+  // kRdma: machine |machine| was fenced by the cluster (it died or its link broke): every shared
+  // log stops writing to it and lets its replicas go (logs::RdmaLog::fence_machine; machine 0
+  // also resolves the slots it left unwritten). Other backends: nothing to do (logs/shm fences by
+  // its own lease). Idempotent. Errors: kUnavailable (machine 0: the sequencer is not survived),
+  // verbs' errors.
+  Status fence_machine(uint32_t machine);
+  // kRdma: the machines some shared log lost its link to (to be reported: they must be fenced).
+  std::vector<uint32_t> unreachable_machines() const;
   // Processes that exited, as the (shared) process table counts them: every machine's.
   uint64_t exited_in_table();
   uint32_t cores_per_node() const;

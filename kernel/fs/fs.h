@@ -135,6 +135,8 @@ class FileSystem {
   uint32_t logs() const;
   // Log |i|'s tail and the lowest ltail of this process's replicas on it (status, lag).
   std::pair<uint64_t, uint64_t> log_position(uint32_t i) const;
+  // Log |i| itself (i < logs()): backend operations the kernel makes beside NR-FS's (fencing).
+  L& log(uint32_t i) const;
 
   // Registers the calling thread with replica |replica|. Errors: EINVAL (no such replica), ENOSPC
   // (max_threads_per_replica threads registered).

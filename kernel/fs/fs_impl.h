@@ -161,6 +161,11 @@ uint32_t FileSystem<L>::logs() const {
 }
 
 template <typename L>
+L& FileSystem<L>::log(uint32_t i) const {
+  return impl_->group->log(i);
+}
+
+template <typename L>
 std::pair<uint64_t, uint64_t> FileSystem<L>::log_position(uint32_t i) const {
   L& log = impl_->group->log(i);
   const uint64_t tail = log.tail();

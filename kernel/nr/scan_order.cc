@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "base/host.h"
 #include "base/spin.h"
@@ -242,8 +243,20 @@ static_assert(kBCancelCapacity >= 256);
 // A waiter refreshes its stamp at most this often.
 constexpr uint64_t kStampRefreshNs = 1000000;
 
-void written(const void* p, size_t n) { logs::shm::cache::write_back(p, n); }
-void to_read(const void* p, size_t n) { logs::shm::cache::invalidate(p, n); }
+// The default medium: one region in noncoherent shared memory (CXL 2.0-style), every store
+// written back, every load of another's line invalidated first.
+class CxlBakeryMedium final : public BakeryMedium {
+ public:
+  void written(const void* p, size_t n) override { logs::shm::cache::write_back(p, n); }
+  void to_read(const void* p, size_t n) override { logs::shm::cache::invalidate(p, n); }
+  void store_load_fence() override { logs::shm::cache::store_load_fence(); }
+};
+
+std::shared_ptr<BakeryMedium> or_cxl(std::shared_ptr<BakeryMedium> medium) {
+  if (medium != nullptr) return medium;
+  static const std::shared_ptr<BakeryMedium> cxl = std::make_shared<CxlBakeryMedium>();  // stateless
+  return cxl;
+}
 
 Status check_bakery(std::span<std::byte> region, const SharedScanOrderOptions& options) {
   if (region.size() < BakeryScanOrder::kRegionBytes) {
@@ -263,32 +276,39 @@ Status check_bakery(std::span<std::byte> region, const SharedScanOrderOptions& o
 
 }  // namespace
 
+BakeryScanOrder::BakeryScanOrder(std::byte* base, SharedScanOrderOptions options,
+                                 std::shared_ptr<BakeryMedium> medium)
+    : base_(base), options_(options), medium_(or_cxl(std::move(medium))) {}
+
 Result<std::unique_ptr<BakeryScanOrder>> BakeryScanOrder::create(std::span<std::byte> region,
-                                                                 SharedScanOrderOptions options) {
+                                                                 SharedScanOrderOptions options,
+                                                                 std::shared_ptr<BakeryMedium> medium) {
   NRX_RETURN_IF_ERROR(check_bakery(region, options));
   std::byte* base = region.data();
-  std::unique_ptr<BakeryScanOrder> o(new BakeryScanOrder(base, options));
+  std::unique_ptr<BakeryScanOrder> o(new BakeryScanOrder(base, options, std::move(medium)));
+  BakeryMedium& m = *o->medium_;
   // Withdraw an old header before rewriting (release + write-back: an attacher never sees a
   // half-written one).
   at(reinterpret_cast<uint64_t*>(base)).store(0, std::memory_order_release);
-  written(base, 8);
+  m.written(base, 8);
   std::memset(base + 8, 0, kRegionBytes - 8);
   std::memcpy(base + kVersionOff, &kBakeVersion, 4);
   std::memcpy(base + kEntryCapOff, &kEntryCapacity, 4);
   std::memcpy(base + kClusterOff, &options.cluster_id, 8);
   std::memcpy(base + kHdrParticipantsOff, &kMaxParticipants, 4);
-  written(base, kRegionBytes);
+  m.written(base, kRegionBytes);
   at(reinterpret_cast<uint64_t*>(base)).store(kBakeMagic, std::memory_order_release);
-  written(base, 8);
+  m.written(base, 8);
   return o;
 }
 
 Result<std::unique_ptr<BakeryScanOrder>> BakeryScanOrder::attach(std::span<std::byte> region,
-                                                                 SharedScanOrderOptions options) {
+                                                                 SharedScanOrderOptions options,
+                                                                 std::shared_ptr<BakeryMedium> medium) {
   NRX_RETURN_IF_ERROR(check_bakery(region, options));
   std::byte* base = region.data();
-  std::unique_ptr<BakeryScanOrder> o(new BakeryScanOrder(base, options));
-  to_read(base, 64);
+  std::unique_ptr<BakeryScanOrder> o(new BakeryScanOrder(base, options, std::move(medium)));
+  o->medium_->to_read(base, 64);
   // acquire: pairs with create's release of the magic; the rest of the header is complete.
   if (at(reinterpret_cast<uint64_t*>(base)).load(std::memory_order_acquire) != kBakeMagic) {
     return Status::failed_precondition("not a bakery CNR scan-order region (bad magic)");
@@ -312,7 +332,7 @@ Result<std::unique_ptr<BakeryScanOrder>> BakeryScanOrder::attach(std::span<std::
 
 uint64_t BakeryScanOrder::read(uint32_t p, size_t offset) const {
   uint64_t* w = word(p, offset);
-  if (p != options_.participant) to_read(w, 8);
+  if (p != options_.participant) medium_->to_read(w, 8);
   // acquire: pairs with write()'s release; what the writer wrote before is visible.
   return at(w).load(std::memory_order_acquire);
 }
@@ -321,7 +341,7 @@ void BakeryScanOrder::write(size_t offset, uint64_t value) {
   uint64_t* w = word(options_.participant, offset);
   // release, never seq_cst: a seq_cst store is an xchg on x86, a locked instruction.
   at(w).store(value, std::memory_order_release);
-  written(w, 8);
+  medium_->written(w, 8);
 }
 
 bool BakeryScanOrder::dead(uint32_t p) const {
@@ -346,13 +366,13 @@ BakeryScanOrder::Outcome BakeryScanOrder::compete(bool patient, FunctionRef<void
   write(kStampOff, stamp);
   write(kChoosingOff, 1);
   // Our stores are visible before the loads below (store-load order).
-  logs::shm::cache::store_load_fence();
+  medium_->store_load_fence();
   uint64_t highest = 0;
   for (uint32_t p = 0; p < kMaxParticipants; ++p) highest = std::max(highest, p == me ? 0 : read(p, kNumberOff));
   const uint64_t mine = highest + 1;
   write(kNumberOff, mine);
   write(kChoosingOff, 0);
-  logs::shm::cache::store_load_fence();
+  medium_->store_load_fence();
   // Wait for everyone ahead.
   for (uint32_t p = 0; p < kMaxParticipants; ++p) {
     if (p == me) continue;
@@ -419,7 +439,7 @@ std::optional<ScanOrder::Orphan> BakeryScanOrder::acquired(bool took_over) {
     o.id = id;
     o.mask = read(p, kBRecMaskOff);
     const uint64_t len = std::min<uint64_t>(read(p, kBRecLenOff), kEntryCapacity);
-    to_read(block(p) + kBEntryOff, len);
+    medium_->to_read(block(p) + kBEntryOff, len);
     o.entry.assign(block(p) + kBEntryOff, block(p) + kBEntryOff + len);
     orphan_from_ = p;
     orphan_id_ = id;
@@ -483,7 +503,7 @@ void BakeryScanOrder::record(uint64_t id, uint64_t mask, std::span<const std::by
   const size_t len = std::min<size_t>(entry.size(), kEntryCapacity);
   std::byte* mine = block(options_.participant);
   std::memcpy(mine + kBEntryOff, entry.data(), len);
-  written(mine + kBEntryOff, len);
+  medium_->written(mine + kBEntryOff, len);
   write(kBRecMaskOff, mask);
   write(kBRecLenOff, len);
   write(kBRecIdOff, id);  // last (release): a taker-over that sees the id sees the entry

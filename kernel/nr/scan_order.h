@@ -12,6 +12,9 @@
 //   fixed slot), made only of words each participant alone writes (flushed after writing,
 //   invalidated before reading another's); threads of one process first take a local mutex.
 //   Next id, records and cancel lists are per participant too: the holder reads everyone's.
+//   How its stores reach the others is a BakeryMedium: CXL cache operations by default, or a
+//   mirror (each machine its own copy of the region, its stores pushed into every peer's copy,
+//   e.g. with RDMA WRITEs: transport/verbs/mirror.h) where machines share no memory at all.
 //
 // Orphans. A process that dies while holding the shared lock may have put its scan into some of
 // its logs and not the others; replicas that reached it wait there. Before inserting, the holder
@@ -173,6 +176,47 @@ class SharedScanOrder final : public ScanOrder {
   std::atomic<uint64_t> take_overs_{0};
 };
 
+// How a bakery participant's stores reach the others, and how it sees theirs: the only memory
+// operations BakeryScanOrder needs beyond plain atomic loads and stores on its region.
+//   - CXL (the default, nullptr): one region all participants map; written() writes the lines
+//     back (clwb/clflushopt + sfence), to_read() invalidates them, the fence is an mfence.
+//   - A mirror (machines without shared memory): every participant keeps its own full copy of
+//     the region; written() pushes the bytes from its copy into the same offsets of every peer's
+//     copy (RDMA WRITEs on one RC queue pair per peer), to_read() does nothing (peers' stores
+//     land in our copy), the fence waits until every push so far has been placed at every peer
+//     (RC completions). The adapter over transport/verbs' Mirror lives with the kernel's boot
+//     code (kernel/nr does not depend on verbs).
+// What the bakery needs from a medium (its correctness argument rests on exactly these):
+//   1. Single-writer blocks: written() is only ever called on bytes of the caller's own
+//      participant block (or, in create(), the whole region); nobody else writes them.
+//   2. Per-peer order: two written() calls by one participant become visible to any one other
+//      participant in call order (the holder's record, ids and cancels before its number = 0;
+//      number = mine before choosing = 0). An RC queue pair per peer gives this; different
+//      peers may see them at different times.
+//   3. Whole words: an aligned 8-byte word is seen either old or new, never torn.
+//   4. The fence: once store_load_fence() returns, every earlier written() is visible to every
+//      participant, and no later load of ours is performed before that (a store-load barrier:
+//      the doorway's choosing = 1 and number = mine must be seen before we read the others').
+//   5. written() need not wait for the peers (the fence is where waiting belongs), and may be a
+//      no-op until the medium is "connected": create() formats through the medium, so with a
+//      mirror every participant create()s its own copy BEFORE the copies are connected (a
+//      connected create() would wipe the peers' blocks in their copies).
+// Failures are the medium's own business: a peer it cannot reach any more is dead, and the
+// bakery's liveness rules (the remote lease) skip it; written() and the fence cannot fail.
+// Thread safety: called by one thread at a time per participant (the bakery's local mutex is
+// held), but from any thread; a medium shared by several participants must be thread-safe.
+// The calls are virtual: a bakery lock costs a few dozen of them, once per scan (not per op).
+class BakeryMedium {
+ public:
+  virtual ~BakeryMedium() = default;
+  // Our own bytes [p, p + n) (inside the region) changed: make them visible to the others.
+  virtual void written(const void* p, size_t n) = 0;
+  // About to read another participant's bytes [p, p + n).
+  virtual void to_read(const void* p, size_t n) = 0;
+  // Every earlier written() is visible to all before any later read (see 4 above).
+  virtual void store_load_fence() = 0;
+};
+
 // The bakery (noncoherent memory). Participant i takes a ticket: choosing[i] = 1, number[i] = 1 +
 // the highest number it reads, choosing[i] = 0; then waits, for every other j, until j is not
 // choosing and holds no ticket ordered before its own ((number, slot) pairs). Unlock: number[i] =
@@ -204,9 +248,13 @@ class BakeryScanOrder final : public ScanOrder {
   static constexpr size_t kRegionBytes = kBlockBytes * (1 + kMaxParticipants);
   static constexpr uint32_t kEntryCapacity = 512;
 
-  // As SharedScanOrder's. Errors also: kInvalidArgument (participant out of range).
-  static Result<std::unique_ptr<BakeryScanOrder>> create(std::span<std::byte> region, SharedScanOrderOptions options);
-  static Result<std::unique_ptr<BakeryScanOrder>> attach(std::span<std::byte> region, SharedScanOrderOptions options);
+  // As SharedScanOrder's, through |medium| (nullptr: CXL cache operations on a region every
+  // participant maps; a mirror: create() on every participant's own copy before connecting it).
+  // Errors also: kInvalidArgument (participant out of range).
+  static Result<std::unique_ptr<BakeryScanOrder>> create(std::span<std::byte> region, SharedScanOrderOptions options,
+                                                         std::shared_ptr<BakeryMedium> medium = nullptr);
+  static Result<std::unique_ptr<BakeryScanOrder>> attach(std::span<std::byte> region, SharedScanOrderOptions options,
+                                                         std::shared_ptr<BakeryMedium> medium = nullptr);
 
   // The local mutex is held across calls (lock() ... unlock()), which the analysis cannot follow.
   Result<std::optional<Orphan>> lock(FunctionRef<void()> while_waiting) override NRX_NO_THREAD_SAFETY_ANALYSIS;
@@ -224,7 +272,7 @@ class BakeryScanOrder final : public ScanOrder {
 
  private:
   enum class Outcome : uint8_t { kWon, kLost, kStalled, kTimedOut };
-  BakeryScanOrder(std::byte* base, SharedScanOrderOptions options) : base_(base), options_(options) {}
+  BakeryScanOrder(std::byte* base, SharedScanOrderOptions options, std::shared_ptr<BakeryMedium> medium);
   std::byte* block(uint32_t p) const { return base_ + kBlockBytes * (1 + size_t{p}); }
   uint64_t* word(uint32_t p, size_t offset) const { return reinterpret_cast<uint64_t*>(block(p) + offset); }
   uint64_t read(uint32_t p, size_t offset) const;     // another's word: invalidated, then acquire
@@ -239,6 +287,7 @@ class BakeryScanOrder final : public ScanOrder {
 
   std::byte* base_;
   SharedScanOrderOptions options_;
+  std::shared_ptr<BakeryMedium> medium_;  // never null
   Mutex mu_;                          // one thread of this process competes or holds at a time
   uint32_t orphan_from_ = UINT32_MAX;  // holder: the slot whose record lock() handed out
   // A ticket (and its owner) found dead (0: none). Under mu_, which the analysis cannot follow.

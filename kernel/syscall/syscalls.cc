@@ -2,6 +2,7 @@
 // FileSystem call, then the response. See syscalls.h for the contract.
 #include "kernel/syscall/syscalls.h"
 
+#include "logs/rdma/rdma_log.h"
 #include "logs/ring/ring_log.h"
 #include "logs/shm/shm_log.h"
 
@@ -356,11 +357,13 @@ void execute(fs::FileSystem<L>& fs, fs::Handle& h, const nrx_request& request, s
   response.result = result;
 }
 
-// The backends NR-FS runs on: the ring (single box) and shared memory (emulated CXL, rack).
+// The backends NR-FS runs on: the ring (single box), shared memory (emulated CXL, rack) and RDMA.
 template void execute<logs::RingLog>(fs::FileSystem<logs::RingLog>&, fs::Handle&, const nrx_request&,
                                      std::span<std::byte>, nrx_response&, ProcessCalls*);
 template void execute<logs::ShmLog>(fs::FileSystem<logs::ShmLog>&, fs::Handle&, const nrx_request&,
                                     std::span<std::byte>, nrx_response&, ProcessCalls*);
+template void execute<logs::RdmaLog>(fs::FileSystem<logs::RdmaLog>&, fs::Handle&, const nrx_request&,
+                                     std::span<std::byte>, nrx_response&, ProcessCalls*);
 
 const char* syscall_name(uint32_t sysno) { return sysno < NRX_SYS_COUNT ? kCalls[sysno].name : kCalls[0].name; }
 

@@ -17,17 +17,20 @@ namespace {
 
 // The sequencer's control words (every region has them; only machine 0's are used).
 constexpr size_t kTailOff = 0, kNextReplicaOff = 8, kActiveOff = 16;
-constexpr size_t kTableOff = 64;  // replica r: ltail at kTableOff + 16 r, started at + 8
+constexpr size_t kTableOff = 64;  // replica r: ltail at kTableOff + 24 r, started at + 8, owner at + 16
 // A slot: alive word (lap + 1; 0: never written), meta word (writer << 32 | length), the bytes.
+// A hole the sequencer filled for a fenced appender has kNoop in its alive word: exec skips it.
 constexpr size_t kSlotHeader = 16;
+constexpr uint64_t kNoop = uint64_t{1} << 63;
 // A payload slot's header: holders mask, released mask, generation, length; the bytes at 64.
 constexpr size_t kHoldersOff = 0, kReleasedOff = 8, kGenOff = 16, kLenOff = 24, kPayloadHeader = 64;
 constexpr uint32_t kMaxMachines = 16;
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-size_t table_bytes(uint32_t max_replicas) { return kTableOff + 16 * size_t{max_replicas}; }
-size_t ltail_off(ReplicaId r) { return kTableOff + 16 * size_t{r}; }
-size_t started_off(ReplicaId r) { return kTableOff + 16 * size_t{r} + 8; }
+size_t table_bytes(uint32_t max_replicas) { return kTableOff + 24 * size_t{max_replicas}; }
+size_t ltail_off(ReplicaId r) { return kTableOff + 24 * size_t{r}; }
+size_t started_off(ReplicaId r) { return kTableOff + 24 * size_t{r} + 8; }
+size_t owner_off(ReplicaId r) { return kTableOff + 24 * size_t{r} + 16; }  // machine + 1 (0: none)
 
 uint64_t load(const std::byte* p) {
   // acquire: pairs with the writer's release store (a CPU's) or the RDMA WRITE that placed it
@@ -74,7 +77,7 @@ struct RdmaLog::Link {
 struct RdmaLog::Table {
   uint64_t tail = 0;
   uint64_t active = 0;
-  std::vector<uint64_t> ltail, started;
+  std::vector<uint64_t> ltail, started, owner;
   LogIndex head() const {
     LogIndex h = UINT64_MAX;
     for (uint64_t m = active; m != 0; m &= m - 1) h = std::min(h, ltail[std::countr_zero(m)]);
@@ -111,7 +114,8 @@ Result<std::unique_ptr<RdmaLog>> RdmaLog::create(const LogOptions& options, cons
   log->payload_off_ = round_up(log->slots_off_ + log->slot_stride_ * options.slot_count, 64);
   log->payload_stride_ = kPayloadHeader + round_up(rdma.payload_bytes, 64);
   log->cache_off_ = log->payload_off_ + log->payload_stride_ * options.payload_slots;
-  log->region_bytes_ = round_up(log->cache_off_ + log->payload_stride_ * options.payload_slots * rdma.machines, 4096);
+  log->hole_off_ = log->cache_off_ + log->payload_stride_ * options.payload_slots * rdma.machines;
+  log->region_bytes_ = round_up(log->hole_off_ + log->slot_stride_ * rdma.machines, 4096);
   void* p = mmap(nullptr, log->region_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return Status::resource_exhausted("cannot map " + std::to_string(log->region_bytes_) + " bytes");
   log->region_ = static_cast<std::byte*>(p);
@@ -213,17 +217,24 @@ Status RdmaLog::seq_write_word(size_t offset, uint64_t value, bool wait) const {
   return wait ? l.qp->drain(deadline) : ok_status();
 }
 
+uint64_t RdmaLog::active_replicas() const {
+  Result<uint64_t> w = seq_read_word(kActiveOff);
+  return w.ok() ? *w : 0;
+}
+
 Result<RdmaLog::Table> RdmaLog::read_table() const {
   const size_t n = table_bytes(options_.max_replicas);
   Table t;
   t.ltail.resize(options_.max_replicas);
   t.started.resize(options_.max_replicas);
+  t.owner.resize(options_.max_replicas);
   auto fill = [&](const std::byte* b) {
     t.tail = load(b + kTailOff);
     t.active = load(b + kActiveOff);
     for (ReplicaId r = 0; r < options_.max_replicas; ++r) {
       t.ltail[r] = load(b + ltail_off(r));
       t.started[r] = load(b + started_off(r));
+      t.owner[r] = load(b + owner_off(r));
     }
   };
   if (rdma_.machine == 0) {
@@ -249,7 +260,12 @@ Status RdmaLog::check_owned(ReplicaId replica) const {
 }
 
 Result<ReplicaId> RdmaLog::register_replica() {
-  NRX_ASSIGN_OR_RETURN(uint64_t id, seq_fetch_add(kNextReplicaOff, 1));
+  uint64_t id = 0;
+  if (rdma_.replica_base == RdmaOptions::kDenseIds) {
+    NRX_ASSIGN_OR_RETURN(id, seq_fetch_add(kNextReplicaOff, 1));
+  } else {
+    id = uint64_t{rdma_.replica_base} + registered_here_.fetch_add(1, std::memory_order_relaxed);
+  }
   if (id >= options_.max_replicas) {
     return Status::resource_exhausted("the log has " + std::to_string(options_.max_replicas) + " replicas already");
   }
@@ -258,6 +274,7 @@ Result<ReplicaId> RdmaLog::register_replica() {
   const LogIndex start = t.head();
   NRX_RETURN_IF_ERROR(seq_write_word(ltail_off(r), start, /*wait=*/true));
   NRX_RETURN_IF_ERROR(seq_write_word(started_off(r), start, /*wait=*/true));
+  NRX_RETURN_IF_ERROR(seq_write_word(owner_off(r), uint64_t{rdma_.machine} + 1, /*wait=*/true));
   // The id is ours alone, so adding its bit sets it.
   NRX_RETURN_IF_ERROR(seq_fetch_add(kActiveOff, uint64_t{1} << r).status());
   local_ltail_[r].store(start, std::memory_order_relaxed);
@@ -269,20 +286,45 @@ std::byte* RdmaLog::slot(LogIndex index) const {
   return region_ + slots_off_ + slot_stride_ * (index & (options_.slot_count - 1));
 }
 
-Status RdmaLog::write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes) {
-  (void)writer;
+bool RdmaLog::cut_off(uint32_t machine) const {
+  return (cut_off_.load(std::memory_order_acquire) >> machine & 1) != 0;
+}
+
+Status RdmaLog::lost_link(uint32_t machine, const Status& why) {
+  // The sequencer's link carries every reservation: without it this log cannot go on.
+  if (machine == 0) return why;
+  unreachable_.fetch_or(uint32_t{1} << machine, std::memory_order_acq_rel);
+  cut_off_.fetch_or(uint32_t{1} << machine, std::memory_order_acq_rel);
+  return ok_status();
+}
+
+Status RdmaLog::write_slot(uint32_t machine, LogIndex index, size_t body_bytes, uint64_t alive) {
+  if (cut_off(machine)) return ok_status();
   const size_t off = slots_off_ + slot_stride_ * (index & (options_.slot_count - 1));
-  const uint64_t alive = index / options_.slot_count + 1;
   Link& l = *links_[machine];
   MutexLock lock(l.mu);
   const auto deadline = verbs::Clock::now() + rdma_.rdma_timeout;
   // The body from our own mirror's copy of the slot (registered memory; not reused before every
   // replica, the receiver's too, has applied it), then the alive word, inline, on the same QP.
-  n_writes_.fetch_add(2, std::memory_order_relaxed);
-  NRX_RETURN_IF_ERROR(l.qp->post_write(mr_.get(), std::span<const std::byte>(region_ + off + 8, 8 + bytes.size()),
-                                       peers_[machine].addr + off + 8, peers_[machine].rkey, deadline));
-  return l.qp->post_write(nullptr, std::as_bytes(std::span(&alive, 1)), peers_[machine].addr + off,
+  Status st;
+  if (body_bytes != 0) {
+    n_writes_.fetch_add(1, std::memory_order_relaxed);
+    st = l.qp->post_write(mr_.get(), std::span<const std::byte>(region_ + off + 8, body_bytes),
+                          peers_[machine].addr + off + 8, peers_[machine].rkey, deadline);
+  }
+  if (st.ok()) {
+    n_writes_.fetch_add(1, std::memory_order_relaxed);
+    st = l.qp->post_write(nullptr, std::as_bytes(std::span(&alive, 1)), peers_[machine].addr + off,
                           peers_[machine].rkey, deadline);
+  }
+  // A broken queue pair: that machine's mirror misses entries from here on, so it must be fenced
+  // (unreachable() reports it); the others go on without it.
+  return st.ok() ? st : lost_link(machine, st);
+}
+
+Status RdmaLog::write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes) {
+  (void)writer;
+  return write_slot(machine, index, 8 + bytes.size(), index / options_.slot_count + 1);
 }
 
 // An appender's reservation [first, last) while it waits for room, listed for exec_impl.
@@ -390,6 +432,29 @@ Result<LogIndex> RdmaLog::append(ReplicaId replica, Batch batch, EntryVisitor ap
   return first;
 }
 
+Result<LogIndex> RdmaLog::crash_in_append_for_testing(ReplicaId replica, Batch batch, uint32_t mask) {
+  NRX_RETURN_IF_ERROR(check_owned(replica));
+  NRX_ASSIGN_OR_RETURN(const LogIndex first, seq_fetch_add(kTailOff, batch.size()));
+  for (uint64_t k = 0; k < batch.size(); ++k) {
+    const LogIndex index = first + k;
+    std::byte* s = slot(index);
+    std::memcpy(s + kSlotHeader, batch[k].data(), batch[k].size());
+    const uint64_t meta = uint64_t{replica} << 32 | batch[k].size();
+    std::memcpy(s + 8, &meta, 8);
+    for (uint32_t m = 0; m < rdma_.machines; ++m) {
+      if (m != rdma_.machine && (mask >> m & 1) != 0) NRX_RETURN_IF_ERROR(write_entry(m, index, replica, batch[k]));
+    }
+    if ((mask >> rdma_.machine & 1) != 0) store(s, index / options_.slot_count + 1);
+  }
+  for (uint32_t m = 0; m < rdma_.machines; ++m) {
+    if (m == rdma_.machine || (mask >> m & 1) == 0) continue;
+    Link& l = *links_[m];
+    MutexLock lock(l.mu);
+    NRX_RETURN_IF_ERROR(l.qp->drain(verbs::Clock::now() + rdma_.rdma_timeout));  // they did land
+  }
+  return first;
+}
+
 Result<LogIndex> RdmaLog::exec(ReplicaId replica, EntryVisitor visitor) {
   return exec_impl(
       replica,
@@ -416,22 +481,31 @@ Result<LogIndex> RdmaLog::exec_impl(ReplicaId replica, StoppingVisitor visitor, 
   for (; lt < tail; ++lt) {
     const std::byte* s = slot(lt);
     const uint64_t want = lt / options_.slot_count + 1;
-    if (load(s) != want && published < lt) {
+    if ((load(s) & ~kNoop) != want && published < lt) {
       // Its appender may be waiting for room that only our progress makes: publish it first.
       NRX_RETURN_IF_ERROR(seq_write_word(ltail_off(replica), lt, /*wait=*/false));
       published = lt;
     }
     SpinWait wait;
     bool stop = false;
-    while (load(s) != want) {  // reserved, not yet written (or still in flight)
+    std::chrono::steady_clock::time_point unwritten_since{};
+    while ((load(s) & ~kNoop) != want) {  // reserved, not yet written (or still in flight)
       // A reservation of this object's that waits for room: its appender may be waiting for us.
       if (awaiting_count_.load(std::memory_order_acquire) != 0 && awaiting_room(lt)) {
         stop = true;
         break;
       }
+      // The sequencer resolves a hole that outlives the grace once a machine was fenced: its
+      // appender may have died between its FETCH_AND_ADD and its WRITEs.
+      if (rdma_.machine == 0 && fenced_.load(std::memory_order_acquire) != 0) {
+        const auto now = std::chrono::steady_clock::now();
+        if (unwritten_since == std::chrono::steady_clock::time_point{}) unwritten_since = now;
+        if (now - unwritten_since >= rdma_.hole_grace) NRX_RETURN_IF_ERROR(resolve_hole(lt));
+      }
       wait.pause();
     }
     if (stop) break;
+    if ((load(s) & kNoop) != 0) continue;  // a fenced appender's hole: nothing to apply
     uint64_t meta = 0;
     std::memcpy(&meta, s + 8, 8);
     const uint32_t len = static_cast<uint32_t>(meta);
@@ -489,7 +563,7 @@ Result<PayloadRef> RdmaLog::payload_put(std::span<const std::byte> data) {
   for (uint32_t s = 0; s < options_.payload_slots; ++s) {
     std::byte* p = region_ + payload_off_ + payload_stride_ * s;
     const uint64_t holders = load(p + kHoldersOff);
-    if (holders != 0 && load(p + kReleasedOff) != holders) continue;
+    if (holders != 0 && !all_released(holders, load(p + kReleasedOff))) continue;
     // Free: no release can be in flight (every holder released), so plain stores are safe here.
     const uint64_t gen = (load(p + kGenOff) + 1) & UINT32_MAX;
     std::memcpy(p + kPayloadHeader, data.data(), data.size());
@@ -509,6 +583,9 @@ Result<std::span<const std::byte>> RdmaLog::payload_get(PayloadRef ref) const {
     return Status::not_found("not a payload reference of this log");
   }
   const std::byte* p = region_ + payload_off_ + payload_stride_ * s;
+  if (m != rdma_.machine && cut_off(m)) {
+    return Status::unavailable("payload of machine " + std::to_string(m) + ", which was fenced or is unreachable");
+  }
   if (m != rdma_.machine) {
     // Another machine's: READ its header and bytes into our cache slot for it. Two gets of one
     // reference write the same bytes there; another generation comes only after every holder,
@@ -534,6 +611,7 @@ Status RdmaLog::payload_release(ReplicaId replica, PayloadRef ref) {
   const uint32_t m = static_cast<uint32_t>(ref.where >> 32), s = static_cast<uint32_t>(ref.where);
   if (m >= rdma_.machines || s >= options_.payload_slots) return Status::not_found("not a payload reference of this log");
   NRX_RETURN_IF_ERROR(check_owned(replica));
+  if (m != rdma_.machine && cut_off(m)) return ok_status();  // its arena went with its machine
   // The header as the owner has it (ours: in place; another machine's: READ).
   uint64_t holders = 0, released = 0, gen = 0;
   const size_t off = payload_off_ + payload_stride_ * s;
@@ -578,9 +656,82 @@ uint64_t RdmaLog::payloads_live() const {
   for (uint32_t s = 0; s < options_.payload_slots; ++s) {
     const std::byte* p = region_ + payload_off_ + payload_stride_ * s;
     const uint64_t holders = load(p + kHoldersOff);
-    if (holders != 0 && load(p + kReleasedOff) != holders) ++n;
+    if (holders != 0 && !all_released(holders, load(p + kReleasedOff))) ++n;
   }
   return n;
+}
+
+bool RdmaLog::all_released(uint64_t holders, uint64_t released) const {
+  // A fenced machine's replicas never release: they count as released.
+  return ((released | fenced_replicas_.load(std::memory_order_acquire)) & holders) == holders;
+}
+
+uint32_t RdmaLog::unreachable() const { return unreachable_.load(std::memory_order_acquire); }
+
+Status RdmaLog::fence_machine(uint32_t machine) {
+  if (machine >= rdma_.machines || machine == rdma_.machine) {
+    return Status::invalid_argument("machine " + std::to_string(machine) + " cannot be fenced here");
+  }
+  if (machine == 0) return Status::unavailable("machine 0 sequences the log: its loss ends the log");
+  const uint32_t bit = uint32_t{1} << machine;
+  cut_off_.fetch_or(bit, std::memory_order_acq_rel);
+  NRX_ASSIGN_OR_RETURN(Table t, read_table());
+  uint64_t gone = 0;
+  for (ReplicaId r = 0; r < options_.max_replicas; ++r) {
+    if (t.owner[r] == uint64_t{machine} + 1) gone |= uint64_t{1} << r;
+  }
+  fenced_replicas_.fetch_or(gone, std::memory_order_acq_rel);
+  if (rdma_.machine == 0) {
+    // Its replicas leave the GC minimum and ctail (a COMPARE_AND_SWAP through the loopback pair:
+    // RDMA atomics and CPU atomics do not mix on one word).
+    for (uint64_t active = t.active; (active & gone) != 0;) {
+      NRX_ASSIGN_OR_RETURN(uint64_t was, seq_compare_swap(kActiveOff, active, active & ~gone));
+      if (was == active) break;
+      active = was;
+    }
+  }
+  fenced_.fetch_or(bit, std::memory_order_acq_rel);  // release: holes may be resolved from here
+  return ok_status();
+}
+
+Status RdmaLog::resolve_hole(LogIndex index) {
+  const uint64_t want = index / options_.slot_count + 1;
+  const size_t off = slots_off_ + slot_stride_ * (index & (options_.slot_count - 1));
+  std::byte* s = region_ + off;
+  if ((load(s) & ~kNoop) == want) return ok_status();
+  // The fenced appender's WRITEs may have reached some mirrors: a survivor that has the entry (and
+  // may have applied it) decides, and everybody gets its copy. Otherwise a no-op for everybody.
+  bool found = false;
+  for (uint32_t m = 0; m < rdma_.machines && !found; ++m) {
+    if (m == rdma_.machine || cut_off(m)) continue;
+    std::byte* buf = region_ + hole_off_ + slot_stride_ * m;
+    Link& l = *links_[m];
+    Status st;
+    {
+      MutexLock lock(l.mu);
+      n_reads_.fetch_add(1, std::memory_order_relaxed);
+      st = l.qp->read(*mr_, std::span<std::byte>(buf, slot_stride_), peers_[m].addr + off, peers_[m].rkey,
+                      verbs::Clock::now() + rdma_.rdma_timeout);
+    }
+    if (!st.ok()) {
+      NRX_RETURN_IF_ERROR(lost_link(m, st));
+      continue;
+    }
+    if ((load(buf) & ~kNoop) == want) {
+      std::memcpy(s + 8, buf + 8, slot_stride_ - 8);
+      found = (load(buf) & kNoop) == 0;
+      if (!found) break;  // another resolver's no-op (cannot happen: only machine 0 resolves)
+    }
+  }
+  const uint64_t alive = found ? want : (want | kNoop);
+  uint32_t len = 0;
+  if (found) std::memcpy(&len, s + 8, 4);
+  for (uint32_t m = 0; m < rdma_.machines; ++m) {
+    if (m != rdma_.machine) NRX_RETURN_IF_ERROR(write_slot(m, index, found ? 8 + size_t{len} : 0, alive));
+  }
+  store(s, alive);
+  holes_.fetch_add(1, std::memory_order_relaxed);
+  return ok_status();
 }
 
 RdmaCounts RdmaLog::counts() const {
@@ -589,6 +740,7 @@ RdmaCounts RdmaLog::counts() const {
   c.fetch_adds = n_fetch_adds_.load(std::memory_order_relaxed);
   c.writes = n_writes_.load(std::memory_order_relaxed);
   c.reads = n_reads_.load(std::memory_order_relaxed);
+  c.holes = holes_.load(std::memory_order_relaxed);
   for (const auto& l : links_) {
     MutexLock lock(l->mu);
     c.waits += l->qp->waits();

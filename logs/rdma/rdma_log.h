@@ -39,9 +39,26 @@
 // RDMA atomics are not atomic with respect to CPU atomics on the same word.
 //
 // Replica ids: one FETCH_AND_ADD on the sequencer's counter (dense, in join order across
-// machines); registration, as in the contract, is a set-up step (not concurrent with appends).
-// Not yet: fencing of a dead machine (a broken queue pair is reported as kUnavailable, nothing
-// more), state transfer, a second sequencer.
+// machines), or fixed per machine (RdmaOptions::replica_base); registration, as in the contract, is
+// a set-up step (not concurrent with appends).
+//
+// Fencing. A queue pair that breaks (the peer died: a WRITE's completion errs or never comes
+// within rdma_timeout) cuts that machine off: this object stops writing to its mirror and reports
+// it (unreachable()), and the cluster fences it (the controller, told by the kernel's heartbeat or
+// by the machine's silence); then every survivor calls fence_machine(m). The sequencer clears m's
+// replicas from the active mask (the owner of each replica id is in the table), so the head and
+// ctail no longer wait for them. A slot m reserved but never wrote would stall every exec: once a
+// fencing happened, the sequencer's exec resolves a slot that stays unwritten for hole_grace, by
+// READing it from the other survivors' mirrors (m's WRITEs may have reached some of them, which
+// may have applied it: then that entry is written to everybody) or, when none has it, by writing a
+// no-op (the alive word with kNoop; exec skips it) into every mirror. m's payloads are lost with
+// it (payload_get says kUnavailable) and its replicas' holds on others' payloads count as
+// released. Limits: the sequencer (machine 0) is not survived; a live appender stalled between
+// its FETCH_AND_ADD and its WRITEs for longer than hole_grace after a fencing would see its entry
+// resolved as a no-op on some mirrors (the kernel sets hole_grace to the cluster's lease: such a
+// stall also loses the lease); a survivor that applied an entry whose payload it READ before m
+// died, while another survivor could no longer READ it, diverges (the write fails there); no
+// state transfer, no second sequencer.
 //
 // Set-up is two-phase, so any channel can carry the endpoints (the cluster's control plane; a TCP
 // line in `nrx rdma logbench`): create() makes the region and one queue pair per peer, endpoint()
@@ -77,7 +94,16 @@ struct RdmaOptions {
   uint32_t machines = 1;  // machines sharing the log (1..16)
   transport::verbs::ContextOptions device{};
   uint64_t payload_bytes = 8192;  // largest payload (one arena slot)
+  // Replica ids: kDenseIds takes them from the sequencer's counter (dense, in registration order
+  // across machines); otherwise this machine's k-th registration gets replica_base + k, so that
+  // several logs registered concurrently from several machines give a replica the same id on
+  // each (CNR's requirement; the kernel uses machine * nodes).
+  static constexpr uint32_t kDenseIds = UINT32_MAX;
+  uint32_t replica_base = kDenseIds;
   std::chrono::nanoseconds rdma_timeout = std::chrono::seconds(10);  // a verb without completion
+  // After a fence_machine(), how long an unwritten slot must stay so before the sequencer
+  // resolves it as the fenced appender's (see "Fencing").
+  std::chrono::nanoseconds hole_grace = std::chrono::seconds(5);
 };
 
 // Round trips and posts this object made (the benchmark's counts).
@@ -87,6 +113,7 @@ struct RdmaCounts {
   uint64_t writes = 0;      // RDMA WRITEs posted (entries, ltails)
   uint64_t reads = 0;       // RDMA READs (tail, table, payloads)
   uint64_t waits = 0;       // completions waited for (round trips)
+  uint64_t holes = 0;       // fenced appenders' slots the sequencer resolved
 };
 
 class RdmaLog final : public Log {
@@ -118,6 +145,23 @@ class RdmaLog final : public Log {
   Status payload_release(ReplicaId replica, PayloadRef ref) override;
   uint64_t payloads_live() const override;
 
+  // Fencing (see the header comment): machine |machine| is gone. This object stops writing to its
+  // mirror, treats its replicas' payload holds as released and its payloads as lost; on the
+  // sequencer its replicas also leave the active mask (the GC minimum, ctail), and from now on
+  // holes are resolved. Idempotent. Errors: kInvalidArgument (this machine or none),
+  // kUnavailable (machine 0: the sequencer's loss is not survived), verbs' errors.
+  Status fence_machine(uint32_t machine);
+  // Testing: an appender that dies mid-append. Reserves |batch| and writes its entries only into
+  // the mirrors of the machines in |mask| (a bit each; ours too only if set), then stops.
+  Result<LogIndex> crash_in_append_for_testing(ReplicaId replica, Batch batch, uint32_t mask);
+  // Machines whose queue pair broke under this object (a bit each): they must be fenced, their
+  // mirrors miss entries. The kernel reports them to the controller.
+  uint32_t unreachable() const;
+
+  // The active-replica mask (one bit per registered, unfenced replica): a READ of the sequencer's
+  // word (a load on machine 0). 0 when the sequencer cannot be reached.
+  uint64_t active_replicas() const;
+
   RdmaCounts counts() const;
   const transport::verbs::Context& context() const { return *ctx_; }
 
@@ -132,6 +176,14 @@ class RdmaLog final : public Log {
   Result<uint64_t> seq_read_word(size_t offset) const;
   Status seq_write_word(size_t offset, uint64_t value, bool wait) const;
   Status write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes);
+  // Posts slot |index|'s body (|body_bytes| from the meta word on; 0: none) and then |alive| from
+  // our mirror into |machine|'s. Skips a cut-off machine; a failure cuts it off (lost_link).
+  Status write_slot(uint32_t machine, LogIndex index, size_t body_bytes, uint64_t alive);
+  bool cut_off(uint32_t machine) const;
+  // A link failed: machine 0's is an error (returned); another machine's is cut off and reported.
+  Status lost_link(uint32_t machine, const Status& why);
+  Status resolve_hole(LogIndex index);  // the sequencer, after a fencing
+  bool all_released(uint64_t holders, uint64_t released) const;
   // exec up to min(tail, limit) (append's apply_own stops below its own reservation).
   Result<LogIndex> exec_impl(ReplicaId replica, StoppingVisitor visitor, LogIndex limit);
   Status check_owned(ReplicaId replica) const;
@@ -147,7 +199,13 @@ class RdmaLog final : public Log {
   std::unique_ptr<transport::verbs::MemoryRegion> mr_;
   std::vector<std::unique_ptr<Link>> links_;  // [machine]; [self] is the loopback link
   std::vector<transport::verbs::Endpoint> peers_;  // what each machine offered us
-  size_t slot_stride_ = 0, slots_off_ = 0, payload_off_ = 0, payload_stride_ = 0, cache_off_ = 0;
+  size_t slot_stride_ = 0, slots_off_ = 0, payload_off_ = 0, payload_stride_ = 0, cache_off_ = 0, hole_off_ = 0;
+  std::atomic<uint32_t> cut_off_{0};      // machines we no longer write to (fenced or unreachable)
+  std::atomic<uint32_t> unreachable_{0};  // machines whose link broke
+  std::atomic<uint32_t> fenced_{0};       // machines fence_machine() was called for
+  std::atomic<uint64_t> fenced_replicas_{0};
+  std::atomic<uint64_t> holes_{0};
+  std::atomic<uint32_t> registered_here_{0};  // replica_base: registrations made through this object
   std::vector<std::atomic<bool>> owned_;  // [replica]: registered through this object
   std::vector<std::atomic<uint64_t>> local_ltail_;  // [replica] (this object's replicas)
   mutable std::atomic<uint64_t> cached_head_{0};

@@ -12,6 +12,8 @@
 #   - `nrx rdma logbench`: VM 0 and VM 1 share one RDMA log (logs/rdma), both append and apply,
 #     and their digests must be equal;
 #   - VM 0: rdma_log_test, the log conformance suite over logs/rdma;
+#   - VM 0: verbs_mirror_test, transport/verbs' Mirror and the CNR bakery on it (no test may skip:
+#     a skip means it found no RDMA device);
 #   - the marker `RXE-OK vm=I gid_index=N`.
 # Exit 0 on success; the host checks the markers, PORT_ACTIVE and every VM's NRX-EXIT code.
 set -eu
@@ -46,5 +48,12 @@ if [ "$NRX_VM_INDEX" = 0 ]; then
   # The RDMA log backend under the conformance suite, on rxe0 (loopback queue pairs).
   rdma_log_test --gtest_brief=1 --gtest_color=no || fail "rdma_log_test failed"
   echo "RDMA-LOG-TEST-OK"
+  # Mirror and the bakery over it: its output goes to the console; a skipped test is a failure.
+  rc=0
+  verbs_mirror_test --gtest_color=no >/tmp/mirror.txt 2>&1 || rc=$?
+  cat /tmp/mirror.txt
+  [ "$rc" = 0 ] || fail "verbs_mirror_test failed (exit $rc)"
+  ! grep -q '^\[  SKIPPED \]' /tmp/mirror.txt || fail "verbs_mirror_test skipped tests (no RDMA device?)"
+  echo "VERBS-MIRROR-TEST-OK"
 fi
 echo "RXE-OK vm=$NRX_VM_INDEX gid_index=$gid_index"

@@ -13,15 +13,18 @@
 # the rxe provider) are missing.
 #
 # Then VM 0 runs rdma_log_test: the log conformance suite over the RDMA log backend (logs/rdma) on
-# rxe0, every reservation and payload release a real RDMA atomic (loopback queue pair).
+# rxe0, every reservation and payload release a real RDMA atomic (loopback queue pair); and
+# verbs_mirror_test: transport/verbs' Mirror (two machines' copies in one process, pushed by RDMA
+# WRITEs through rxe0) and the CNR scan order's bakery on it (none of its tests may skip).
 #
-#   tests/cluster/rxe_test.sh [--bin PATH] [--log-test PATH] [--dir DIR] [--image DIR]
+#   tests/cluster/rxe_test.sh [--bin PATH] [--log-test PATH] [--mirror-test PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin="$root/build/bin/nrx"
 log_test=""
+mirror_test=""
 dir="$root/build/cluster/rxe"
 image="$root/build/guest"
 vms=2
@@ -32,6 +35,7 @@ while (($#)); do
   case "$1" in
     --bin) bin="${2:?--bin needs a path}"; shift ;;
     --log-test) log_test="${2:?--log-test needs a path}"; shift ;;
+    --mirror-test) mirror_test="${2:?--mirror-test needs a path}"; shift ;;
     --dir) dir="${2:?--dir needs a directory}"; shift ;;
     --image) image="${2:?--image needs a directory}"; shift ;;
     -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -56,6 +60,8 @@ fi
 [[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
 [[ -n "$log_test" ]] || log_test="$(dirname "$bin")/rdma_log_test"
 [[ -x "$log_test" ]] || die "no rdma_log_test binary at $log_test (build it first: ./nrx build)"
+[[ -n "$mirror_test" ]] || mirror_test="$(dirname "$bin")/verbs_mirror_test"
+[[ -x "$mirror_test" ]] || die "no verbs_mirror_test binary at $mirror_test (build it first: ./nrx build)"
 dir="$(realpath -m "$dir")"
 vm=("$root/deploy/vm.sh")
 
@@ -73,7 +79,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 rc=0
-"${vm[@]}" run --vms "$vms" --net private --shm none --dir "$dir" --image "$image" --bin "$bin" --bin "$log_test" \
+"${vm[@]}" run --vms "$vms" --net private --shm none --dir "$dir" --image "$image" --bin "$bin" --bin "$log_test" --bin "$mirror_test" \
   --script "$here/rxe.sh" --boot-timeout 120 --timeout 300 || rc=$?
 ((rc == 0)) || die "deploy/vm.sh run failed with exit $rc (consoles in $dir)"
 
@@ -87,6 +93,8 @@ done
 grep -aq '^nrx rdma ping: OK' "$dir/vm1.console" || die "vm1: nrx rdma ping did not finish OK (see $dir/vm1.console)"
 grep -aq '^nrx rdma ping: served; counter ' "$dir/vm0.console" || die "vm0: nrx rdma ping --listen did not serve"
 grep -aq '^RDMA-LOG-TEST-OK' "$dir/vm0.console" || die "vm0: rdma_log_test failed (see $dir/vm0.console)"
+grep -aq '^VERBS-MIRROR-TEST-OK' "$dir/vm0.console" || die "vm0: verbs_mirror_test failed (see $dir/vm0.console)"
+grep -aE '^mirror( bakery| order)?: ' "$dir/vm0.console" | tr -d '\r' || true
 for ((i = 0; i < 2; i++)); do
   grep -aq '^nrx rdma logbench: OK' "$dir/vm$i.console" || die "vm$i: nrx rdma logbench failed (see $dir/vm$i.console)"
   grep -a '^nrx rdma logbench: ' "$dir/vm$i.console" | tr -d '\r'

@@ -334,10 +334,11 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   cmd.option("duration", "SECONDS", "how long the demo's programs run in all (a third each)", "3");
   if (!node_cmd) {
     cmd.option("log", "BACKEND",
-               "operation-log backend of the process table and NR-FS: ring, or shm (shared-memory regions\n"
-               "      that `nrx node --attach` processes join); the kernel does not run on rdma yet\n"
-               "      (the RDMA log itself: `nrx rdma logbench`)",
+               "operation-log backend of the process table and NR-FS: ring, shm (shared-memory regions\n"
+               "      that `nrx node --attach` processes join) or rdma (RDMA logs on --device; one machine\n"
+               "      here, several through `nrx cluster up --log rdma`)",
                "ring");
+    cmd.option("device", "NAME", "--log rdma: the RDMA device (e.g. rxe0)", "the only one");
     cmd.option("region", "PATH",
                "--log shm: the shared region: a /dev/shm file (created), or an ivshmem BAR\n"
                "      (/sys/bus/pci/devices/BDF/resource2) or device-dax device (/dev/daxX.Y), formatted",
@@ -374,11 +375,7 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   Result<double> duration = parse_seconds(cmd, "duration", 3.0);
   if (!duration.ok()) return cli::fail(cmd, duration.status());
   const std::string log = node_cmd ? "shm" : cmd.get("log").value_or("ring");
-  if (log == "rdma") {
-    return cli::fail(cmd, Status::unavailable(
-        "the kernel does not run on the RDMA log yet (logs/rdma exists: try `nrx rdma logbench` between two machines)"));
-  }
-  if (log != "ring" && log != "shm") {
+  if (log != "ring" && log != "shm" && log != "rdma") {
     return cli::fail(cmd, Status::invalid_argument("--log must be ring, shm or rdma, not '" + log + "'"));
   }
   boot::ShmPlacement shm;
@@ -410,6 +407,9 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
     return cli::fail(cmd,
                      Status::invalid_argument("--region, --region-size, --machines and --coherence go with --log shm"));
   }
+  if (!node_cmd && cmd.has("device") && log != "rdma") {
+    return cli::fail(cmd, Status::invalid_argument("--device goes with --log rdma"));
+  }
   const bool json = cmd.flag_set("json");
   const bool interactive = cmd.flag_set("interactive");
 
@@ -431,7 +431,7 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
     std::fprintf(progress, "nrx node: machine %u of %u on %s\n", shm.machine, shm.machines, shm.region.c_str());
   } else {
     std::fprintf(progress, "nrx boot: the %s node-replicated kernel\n",
-                 log == "shm" ? "shared-memory (emulated CXL)" : "single-host");
+                 log == "shm" ? "shared-memory (emulated CXL)" : log == "rdma" ? "RDMA-log" : "single-host");
   }
   std::fprintf(progress, "topology   %s\n", topo.describe().c_str());
   std::fprintf(progress, "[1/%u] booting: memory, replicas, kernel cores ... ", steps);
@@ -440,8 +440,12 @@ int run_kernel(const char* name, const std::vector<std::string>& args) {
   boot::KernelOptions ko{.topology = topo,
                          .cores_per_node = cmd.has("cores-per-node") ? static_cast<uint32_t>(*cpn) : 0,
                          .pool_bytes = *memory_mib << 20};
-  ko.log = log == "shm" ? boot::LogBackend::kShm : boot::LogBackend::kRing;
+  ko.log = log == "shm" ? boot::LogBackend::kShm : log == "rdma" ? boot::LogBackend::kRdma : boot::LogBackend::kRing;
   ko.shm = shm;
+  if (log == "rdma") {
+    ko.rdma.device = cmd.get("device").value_or("");
+    ko.log_slots = boot::kRdmaLogSlots;
+  }
   Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
   if (!made.ok()) {
     std::fprintf(progress, "failed\n");

@@ -165,7 +165,7 @@ int run_controller(const std::vector<std::string>& args) {
       if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
       seen.push_back(key);
       std::printf("nrx controller: node %u (%s) %s, replicas %u..%u\n", n.node_id(), n.hostname().c_str(),
-                  n.state() == "live" ? "joined" : "FENCED (lease expired)", n.first_replica(),
+                  n.state() == "live" ? "joined" : ("FENCED (" + n.fenced_reason() + ")").c_str(), n.first_replica(),
                   n.first_replica() + n.replicas() - 1);
       std::fflush(stdout);
     }
@@ -197,6 +197,8 @@ struct NodeConfig {
   uint64_t pool_bytes = 0;
   std::string region;
   uint64_t region_bytes = 0;
+  std::string log = "shm";  // or "rdma"
+  std::string device;       // rdma: the RDMA device
 };
 
 // One run on this machine: boot on the run's region, wait for every machine's replicas, run the
@@ -214,10 +216,21 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
     std::fflush(stdout);
     return rep;
   };
-  std::printf("nrx node: run %" PRIu64 ": %s as machine %u of %u (%s the region)\n", order.run_id(),
-              order.workload().c_str(), order.machine(), order.machines(), order.format() ? "formatting" : "attaching to");
+  const bool rdma = order.log() == "rdma";
+  if (rdma) {
+    std::printf("nrx node: run %" PRIu64 ": %s as machine %u of %u (RDMA logs on %s)\n", order.run_id(),
+                order.workload().c_str(), order.machine(), order.machines(), cfg.device.c_str());
+  } else {
+    std::printf("nrx node: run %" PRIu64 ": %s as machine %u of %u (%s the region)\n", order.run_id(),
+                order.workload().c_str(), order.machine(), order.machines(),
+                order.format() ? "formatting" : "attaching to");
+  }
   std::fflush(stdout);
   agent.set_phase(order.run_id(), v1::PHASE_BOOTING);
+  if (rdma && order.workload() == "logbench") {
+    return fail("logbench runs on shared-memory clusters; over RDMA, `nrx rdma logbench` measures the RDMA log "
+                "between two machines beside a local ring");
+  }
   if (order.workload() == "logbench") {
     boot::ShmPlacement sp;
     sp.region = cfg.region;
@@ -263,7 +276,21 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
     return rep;
   }
   boot::KernelOptions ko{.topology = cfg.topology, .cores_per_node = cfg.cores_per_node, .pool_bytes = cfg.pool_bytes};
-  ko.log = boot::LogBackend::kShm;
+  if (rdma) {
+    ko.log = boot::LogBackend::kRdma;
+    ko.log_slots = boot::kRdmaLogSlots;
+    ko.rdma.machine = order.machine();
+    ko.rdma.machines = order.machines();
+    ko.rdma.device = cfg.device;
+    ko.rdma.cluster_id = order.region_cluster_id();
+    ko.rdma.lease = std::chrono::milliseconds(agent.joined().lease_ms());
+    // Every log's and the scan order's endpoints travel through the controller.
+    ko.rdma.exchange = [&agent, run = order.run_id()](const std::string& name, std::vector<std::string> to) {
+      return agent.exchange(run, name, std::move(to), std::chrono::minutes(2));
+    };
+  } else {
+    ko.log = boot::LogBackend::kShm;
+  }
   ko.shm.region = cfg.region;
   ko.shm.attach = !order.format();
   ko.shm.machine = order.machine();
@@ -274,12 +301,14 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
   // The data plane fences by the same lease as the control plane.
   ko.shm.lease = std::chrono::milliseconds(agent.joined().lease_ms());
   // A /dev/shm file is created by machine 0 for each run: the previous run's goes first.
-  if (order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
+  if (!rdma && order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
   Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
   if (!made.ok()) return fail("boot: " + made.status().to_string());
   boot::Kernel& kernel = **made;
   agent.set_progress([&kernel](v1::HeartbeatRequest* req) {
     req->set_fs_calls(kernel.stats().fs_calls);
+    // RDMA: machines a log lost its link to; the controller fences them.
+    for (uint32_t m : kernel.unreachable_machines()) req->add_unreachable_machines(m);
     for (const boot::LogPosition& p : kernel.log_positions()) {
       v1::LogPosition* l = req->add_logs();
       l->set_name(p.name);
@@ -291,6 +320,33 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
     cluster::Agent& a;
     ~ClearProgress() { a.set_progress(nullptr); }
   } clear{agent};
+  // RDMA: the logs learn the controller's fencings from here (logs/shm fences by its own lease):
+  // they stop writing to the fenced machine, and machine 0 lets its replicas go and resolves the
+  // slots it left unwritten. Polls the agent's latest heartbeat reply.
+  struct Fencer {
+    std::atomic<bool> stop{false};
+    std::thread thread;
+    ~Fencer() {
+      stop.store(true, std::memory_order_relaxed);
+      if (thread.joinable()) thread.join();
+    }
+  } fencer;
+  if (rdma) {
+    fencer.thread = std::thread([&agent, &kernel, &fencer] {
+      std::vector<uint32_t> done;
+      while (!fencer.stop.load(std::memory_order_relaxed)) {
+        for (uint32_t m : agent.fenced_machines()) {
+          if (std::find(done.begin(), done.end(), m) != done.end()) continue;
+          done.push_back(m);
+          Status st = kernel.fence_machine(m);
+          std::printf("nrx node: machine %u fenced by the controller; its RDMA links cut%s%s\n", m,
+                      st.ok() ? "" : ": ", st.ok() ? "" : st.to_string().c_str());
+          std::fflush(stdout);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the agent's reply changes per heartbeat
+      }
+    });
+  }
   agent.set_phase(order.run_id(), order.format() ? v1::PHASE_FORMATTED : v1::PHASE_BOOTING);
   const uint32_t want = order.machines() * kernel.nodes();
   const Clock::time_point join_deadline = Clock::now() + std::chrono::minutes(2);
@@ -377,13 +433,17 @@ int run_node_agent(const std::vector<std::string>& args) {
   cli::Command cmd("node",
                    "Join a cluster's controller as one machine (`nrx node --controller ADDR`): the controller\n"
                    "assigns this machine's node and replica ids; for each `nrx cluster run` it boots the kernel\n"
-                   "on the shared region (machine 0 formats it, the others attach), runs the workload, waits\n"
+                   "on the shared region (machine 0 formats it, the others attach) or on RDMA logs (--log rdma:\n"
+                   "endpoints exchanged through the controller), runs the workload, waits\n"
                    "for every live machine and reports its replicas' digests. Leaves when the controller shuts\n"
                    "down; stops at once (exit 3) when fenced. Without --controller: see `nrx node --help`.");
   cmd.option("controller", "ADDR", "the controller: HOST:PORT or unix:PATH (required)");
   cmd.option("cluster-dir", "DIR", "the cluster's secret and CA (nrx cluster init) (required)");
-  cmd.option("region", "PATH", "this machine's view of the shared region: a /dev/shm file, an ivshmem BAR\n"
-             "      (resource2) or /dev/daxX.Y (required)");
+  cmd.option("log", "BACKEND", "where the kernel's shared logs live: shm (a shared region, --region) or rdma\n"
+             "      (RDMA logs mirrored on every machine, --device)", "shm");
+  cmd.option("region", "PATH", "--log shm: this machine's view of the shared region: a /dev/shm file, an ivshmem\n"
+             "      BAR (resource2) or /dev/daxX.Y (required)");
+  cmd.option("device", "NAME", "--log rdma: the RDMA device, e.g. rxe0 (required)");
   cmd.option("region-size", "MIB", "a /dev/shm region's size (machine 0 creates it)", "512");
   cmd.option("nodes", "N", "NUMA nodes (replicas) on this machine; more than it has are emulated", "detected");
   cmd.option("cores-per-node", "C", "kernel cores per node", "cpus per node");
@@ -398,9 +458,18 @@ int run_node_agent(const std::vector<std::string>& args) {
     std::fputs(cmd.usage().c_str(), stdout);
     return 0;
   }
-  for (const char* req : {"controller", "cluster-dir", "region"}) {
-    if (!cmd.has(req)) return cli::fail(cmd, Status::invalid_argument(std::string("--") + req + " is required"));
+  const std::string log = cmd.get("log").value_or("shm");
+  if (log != "shm" && log != "rdma") return cli::fail(cmd, Status::invalid_argument("--log must be shm or rdma"));
+  for (const char* req : {"controller", "cluster-dir", log == "shm" ? "region" : "device"}) {
+    if (!cmd.has(req)) {
+      return cli::fail(cmd, Status::invalid_argument(std::string("--") + req + " is required" +
+                                                     (log == "rdma" ? " with --log rdma" : "")));
+    }
   }
+  if (log == "rdma" && (cmd.has("region") || cmd.has("coherence"))) {
+    return cli::fail(cmd, Status::invalid_argument("--region and --coherence go with --log shm"));
+  }
+  if (log == "shm" && cmd.has("device")) return cli::fail(cmd, Status::invalid_argument("--device goes with --log rdma"));
   const boot::Topology detected = boot::Topology::detect();
   auto nodes = cmd.get_u64("nodes", detected.nodes.size(), 1, 64);
   auto cpn = cmd.get_u64("cores-per-node", 0, 1, 60);
@@ -420,7 +489,9 @@ int run_node_agent(const std::vector<std::string>& args) {
   }
   cfg.cores_per_node = cmd.has("cores-per-node") ? static_cast<uint32_t>(*cpn) : 0;
   cfg.pool_bytes = *mem << 20;
-  cfg.region = *cmd.get("region");
+  cfg.region = cmd.get("region").value_or("");
+  cfg.log = log;
+  cfg.device = cmd.get("device").value_or("");
   cfg.region_bytes = *size << 20;
   const std::string cdir = *cmd.get("cluster-dir");
   Result<std::string> secret = cluster::read_secret(cdir + "/secret");
@@ -442,17 +513,22 @@ int run_node_agent(const std::vector<std::string>& args) {
   ao.topology.set_cores_per_node(cfg.cores_per_node != 0 ? cfg.cores_per_node
                                                          : static_cast<uint32_t>(std::max<size_t>(1, cfg.topology.nodes.front().cpus.size())));
   v1::Transport t;
-  t.set_kind("shm");
-  t.set_path(cfg.region);
-  t.set_bytes(cfg.region_bytes);
-  const std::string coherence = cmd.get("coherence").value_or("coherent");
-  if (coherence != "coherent" && coherence != "noncoherent") {
-    return cli::fail(cmd, Status::invalid_argument("--coherence must be coherent or noncoherent"));
+  t.set_kind(log);
+  if (log == "rdma") {
+    t.set_path(cfg.device);
+  } else {
+    t.set_path(cfg.region);
+    t.set_bytes(cfg.region_bytes);
+    const std::string coherence = cmd.get("coherence").value_or("coherent");
+    if (coherence != "coherent" && coherence != "noncoherent") {
+      return cli::fail(cmd, Status::invalid_argument("--coherence must be coherent or noncoherent"));
+    }
+    t.set_coherence(coherence);
   }
-  t.set_coherence(coherence);
   ao.transports.push_back(t);
-  std::printf("nrx node: joining %s (%s) with %zu nodes, region %s\n", ao.address.c_str(),
-              ao.tls ? "TLS" : "plaintext", cfg.topology.nodes.size(), cfg.region.c_str());
+  std::printf("nrx node: joining %s (%s) with %zu nodes, %s %s\n", ao.address.c_str(), ao.tls ? "TLS" : "plaintext",
+              cfg.topology.nodes.size(), log == "rdma" ? "RDMA device" : "region",
+              log == "rdma" ? cfg.device.c_str() : cfg.region.c_str());
   std::fflush(stdout);
   Result<std::unique_ptr<cluster::Agent>> agent = cluster::Agent::join(ao);
   if (!agent.ok()) {
@@ -674,11 +750,12 @@ int run_cluster(const std::vector<std::string>& args) {
   static const char* kUsage =
       "usage: nrx cluster <command> [options]\n"
       "\n"
-      "A rack of nrx machines (QEMU VMs here) sharing the kernel's logs through shared memory.\n"
+      "A rack of nrx machines (QEMU VMs here) sharing the kernel's logs through shared memory or RDMA.\n"
       "\n"
       "commands:\n"
-      "  up        start N VMs on one shared memory and a private network, the controller on the host,\n"
-      "            and an `nrx node` in every VM; returns once every machine joined (deploy/cluster.sh)\n"
+      "  up        start N VMs on one shared memory (--shm ivshmem|cxl) or with RDMA logs (--log rdma:\n"
+      "            soft-RoCE) and a private network, the controller on the host, and an `nrx node` in\n"
+      "            every VM; returns once every machine joined (deploy/cluster.sh; `up --help`)\n"
       "  run W     run workload W (demo, kv, fsbench, mapbench, logbench) on every machine; check digests\n"
       "  status    machines, replicas, heartbeats, log positions and lag\n"
       "  down      stop the machines, the controller and the VMs; remove the shared memory\n"

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -472,6 +473,150 @@ TEST(BakeryScanOrder, ParticipantOnAnotherHostIsPresumedDeadAfterTheRemoteLease)
   EXPECT_EQ(a->take_overs(), 1u);
   a->clear_orphan();
   a->unlock();
+}
+
+// ---- BakeryScanOrder over a mirrored medium ----------------------------------------------------
+// Machines without shared memory (RDMA): each participant has its OWN copy of the region, and its
+// medium pushes what it wrote into every other copy (what transport/verbs' Mirror does with RDMA
+// WRITEs). Here the push is synchronous: word by word, release stores into the other copies (the
+// readers' acquire loads pair with them; TSan sees every cross-participant access as atomic).
+// to_read does nothing (others' stores land in our copy). The fence is still needed: the copy's
+// stores and our next loads are the store-buffering pattern, which release/acquire does not order
+// (two doorways could each miss the other's choosing = 1). A read-modify-write on one word all
+// participants share orders them: the RMWs are totally ordered, so of two fencing doorways the
+// later sees the earlier's stores (a seq_cst fence would too, but GCC's TSan rejects those).
+class MirroredCopies {
+ public:
+  explicit MirroredCopies(uint32_t participants) {
+    for (uint32_t i = 0; i < participants; ++i) {
+      copies_.push_back(static_cast<std::byte*>(std::aligned_alloc(64, BakeryScanOrder::kRegionBytes)));
+      std::memset(copies_.back(), 0xA5, BakeryScanOrder::kRegionBytes);  // create() must format it
+    }
+  }
+  ~MirroredCopies() {
+    for (std::byte* c : copies_) std::free(c);
+  }
+  MirroredCopies(const MirroredCopies&) = delete;
+  MirroredCopies& operator=(const MirroredCopies&) = delete;
+
+  std::span<std::byte> copy(uint32_t i) { return {copies_[i], BakeryScanOrder::kRegionBytes}; }
+  // The medium of copy i's participant (bakery slot |slot|): pushes from copy i into every other
+  // copy, once connected.
+  std::shared_ptr<BakeryMedium> medium(uint32_t i, uint32_t slot) { return std::make_shared<Medium>(*this, i, slot); }
+  // Until now written() pushed nothing: each copy is formatted locally, as a machine's is.
+  void connect() { connected_.store(true, std::memory_order_release); }  // release: before any push
+  uint64_t pushes() const { return pushes_.load(std::memory_order_relaxed); }
+
+ private:
+  class Medium final : public BakeryMedium {
+   public:
+    Medium(MirroredCopies& m, uint32_t self, uint32_t slot) : m_(m), self_(self), slot_(slot) {}
+    void written(const void* p, size_t n) override {
+      // acquire: pairs with connect().
+      if (!m_.connected_.load(std::memory_order_acquire) || n == 0) return;
+      const std::byte* mine = m_.copies_[self_];
+      const size_t at = static_cast<size_t>(static_cast<const std::byte*>(p) - mine);
+      EXPECT_LE(at + n, BakeryScanOrder::kRegionBytes) << "written() outside the region";
+      // Whole words around [at, at + n): the block is ours alone, so its neighbouring bytes are
+      // ours too (the bakery writes entries of any length).
+      const size_t first = at / 8 * 8, last = (at + n + 7) / 8 * 8;
+      const size_t block = BakeryScanOrder::kBlockBytes * (1 + size_t{slot_});
+      EXPECT_TRUE(first >= block && last <= block + BakeryScanOrder::kBlockBytes)
+          << "participant " << slot_ << " wrote outside its block: [" << at << ", " << at + n << ")";
+      for (uint32_t j = 0; j < m_.copies_.size(); ++j) {
+        if (j == self_) continue;
+        for (size_t w = first; w < last; w += 8) {
+          const uint64_t v = word(m_.copies_[self_], w).load(std::memory_order_relaxed);  // our own
+          // release: a reader that sees this word sees our earlier pushes (per-peer order).
+          word(m_.copies_[j], w).store(v, std::memory_order_release);
+        }
+      }
+      m_.pushes_.fetch_add(1, std::memory_order_relaxed);
+    }
+    void to_read(const void*, size_t) override {}
+    // acq_rel on the shared word: our pushes happen before any later fencer's loads, and every
+    // earlier fencer's pushes before ours (a locked instruction on x86: a full barrier too).
+    void store_load_fence() override { m_.fence_.fetch_add(1, std::memory_order_acq_rel); }
+
+   private:
+    static std::atomic_ref<uint64_t> word(std::byte* base, size_t offset) {
+      return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(base + offset));
+    }
+    MirroredCopies& m_;
+    uint32_t self_;  // our copy
+    uint32_t slot_;  // our bakery slot: the only block we may write
+  };
+
+  std::vector<std::byte*> copies_;
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> pushes_{0};
+  std::atomic<uint64_t> fence_{0};  // the word every participant's fence updates
+};
+
+TEST(BakeryScanOrder, MirroredCopiesShareIdsCancellationsAndRecords) {
+  MirroredCopies m(2);
+  auto a = BakeryScanOrder::create(m.copy(0), slot(0, {.cluster_id = 3}), m.medium(0, 0)).value();
+  auto b = BakeryScanOrder::create(m.copy(1), slot(1, {.cluster_id = 3}), m.medium(1, 1)).value();
+  EXPECT_EQ(m.pushes(), 0u) << "formatting is local";
+  m.connect();
+  EXPECT_TRUE(BakeryScanOrder::attach(m.copy(1), slot(1, {.cluster_id = 3}), m.medium(1, 1)).ok());
+  ASSERT_TRUE(a->lock(noop).ok());
+  const uint64_t first = a->next_id();
+  a->cancel(first);
+  const std::vector<std::byte> entry = {std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}, std::byte{5}};
+  a->record(first + 100, 0b110, entry);  // an entry of 5 bytes: not whole words
+  a->unlock_keeping_orphan();
+  EXPECT_GT(m.pushes(), 0u);
+  auto got = b->lock(noop);
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value()) << "a's kept record reached b's copy";
+  EXPECT_EQ((*got)->id, first + 100);
+  EXPECT_EQ((*got)->mask, 0b110u);
+  EXPECT_EQ((*got)->entry, entry);
+  b->clear_orphan();
+  EXPECT_EQ(b->next_id(), first + 1) << "ids increase across copies";
+  b->unlock();
+  for (BakeryScanOrder* o : {a.get(), b.get()}) {
+    EXPECT_TRUE(o->is_cancelled(first));
+    EXPECT_FALSE(o->is_cancelled(first + 1));
+  }
+  got = a->lock(noop);
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got->has_value()) << "b's done mark reached a's copy: completed once";
+  a->unlock();
+}
+
+// The mutual-exclusion run of ExcludesAcrossParticipantsAndThreads, each participant on its own
+// copy: a plain counter only touched under the lock (TSan checks the claim) and the holders' ids
+// in holding order, which must be exactly 1..N.
+TEST(BakeryScanOrder, ExcludesAcrossMirroredCopies) {
+  constexpr uint32_t kParticipants = 3;
+  constexpr int kThreads = 6, kRounds = 700;
+  MirroredCopies m(kParticipants);
+  std::vector<std::unique_ptr<BakeryScanOrder>> objs;
+  for (uint32_t p = 0; p < kParticipants; ++p) {
+    // Slots need not be dense: 0, 4, 8. Each copy formatted locally, then connected.
+    objs.push_back(BakeryScanOrder::create(m.copy(p), slot(4 * p), m.medium(p, 4 * p)).value());
+  }
+  m.connect();
+  uint64_t inside = 0;
+  std::vector<uint64_t> order;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      BakeryScanOrder& o = *objs[t % objs.size()];
+      for (int i = 0; i < kRounds; ++i) {
+        ASSERT_TRUE(o.lock(noop).ok());
+        ++inside;
+        order.push_back(o.next_id());
+        o.unlock();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(inside, uint64_t{kThreads} * kRounds);
+  ASSERT_EQ(order.size(), size_t{kThreads} * kRounds);
+  for (size_t i = 0; i < order.size(); ++i) ASSERT_EQ(order[i], i + 1) << "the holders' sequence is not the ids'";
 }
 
 // As SharedScanOrder's: the orphan Clear of a dead participant runs first, once, on every replica.
