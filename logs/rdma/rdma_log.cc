@@ -18,9 +18,12 @@ namespace {
 // The sequencer's control words (every region has them; only machine 0's are used).
 constexpr size_t kTailOff = 0, kNextReplicaOff = 8, kActiveOff = 16;
 constexpr size_t kTableOff = 64;  // replica r: ltail at kTableOff + 24 r, started at + 8, owner at + 16
-// A slot: alive word (lap + 1; 0: never written), meta word (writer << 32 | length), the bytes.
-// A hole the sequencer filled for a fenced appender has kNoop in its alive word: exec skips it.
-constexpr size_t kSlotHeader = 16;
+// A slot: meta word (writer << 32 | length), the bytes, and LAST its alive word (lap + 1; 0: never
+// written) in the slot's final 8 bytes. One RDMA WRITE carries a whole batch of slots into a
+// mirror; the responder places a message's bytes in address order, so each slot's alive word
+// lands after its body. A hole the sequencer filled for a fenced appender has kNoop in its alive
+// word: exec skips it.
+constexpr size_t kSlotHeader = 8;
 constexpr uint64_t kNoop = uint64_t{1} << 63;
 // A payload slot's header: holders mask, released mask, generation, length; the bytes at 64.
 constexpr size_t kHoldersOff = 0, kReleasedOff = 8, kGenOff = 16, kLenOff = 24, kPayloadHeader = 64;
@@ -110,7 +113,7 @@ Result<std::unique_ptr<RdmaLog>> RdmaLog::create(const LogOptions& options, cons
   const size_t scratch_stride = round_up(64 + table_bytes(options.max_replicas), 64);
   const size_t scratch_off = round_up(table_bytes(options.max_replicas), 64);
   log->slots_off_ = round_up(scratch_off + scratch_stride * rdma.machines, 4096);
-  log->slot_stride_ = round_up(kSlotHeader + options.entry_size, 64);
+  log->slot_stride_ = round_up(kSlotHeader + options.entry_size + 8, 64);
   log->payload_off_ = round_up(log->slots_off_ + log->slot_stride_ * options.slot_count, 64);
   log->payload_stride_ = kPayloadHeader + round_up(rdma.payload_bytes, 64);
   log->cache_off_ = log->payload_off_ + log->payload_stride_ * options.payload_slots;
@@ -298,33 +301,29 @@ Status RdmaLog::lost_link(uint32_t machine, const Status& why) {
   return ok_status();
 }
 
-Status RdmaLog::write_slot(uint32_t machine, LogIndex index, size_t body_bytes, uint64_t alive) {
+std::byte* RdmaLog::alive(std::byte* slot) const { return slot + slot_stride_ - 8; }
+const std::byte* RdmaLog::alive(const std::byte* slot) const { return slot + slot_stride_ - 8; }
+
+Status RdmaLog::write_slots(uint32_t machine, LogIndex first, uint64_t n) {
   if (cut_off(machine)) return ok_status();
-  const size_t off = slots_off_ + slot_stride_ * (index & (options_.slot_count - 1));
   Link& l = *links_[machine];
   MutexLock lock(l.mu);
   const auto deadline = verbs::Clock::now() + rdma_.rdma_timeout;
-  // The body from our own mirror's copy of the slot (registered memory; not reused before every
-  // replica, the receiver's too, has applied it), then the alive word, inline, on the same QP.
+  // From our own mirror's copy of the slots (registered memory; not reused before every replica,
+  // the receiver's too, has applied them): one WRITE, two where the batch wraps around the ring.
   Status st;
-  if (body_bytes != 0) {
+  for (uint64_t done = 0; done < n && st.ok();) {
+    const uint64_t at = (first + done) & (options_.slot_count - 1);
+    const uint64_t run = std::min<uint64_t>(n - done, options_.slot_count - at);
+    const size_t off = slots_off_ + slot_stride_ * at;
     n_writes_.fetch_add(1, std::memory_order_relaxed);
-    st = l.qp->post_write(mr_.get(), std::span<const std::byte>(region_ + off + 8, body_bytes),
-                          peers_[machine].addr + off + 8, peers_[machine].rkey, deadline);
-  }
-  if (st.ok()) {
-    n_writes_.fetch_add(1, std::memory_order_relaxed);
-    st = l.qp->post_write(nullptr, std::as_bytes(std::span(&alive, 1)), peers_[machine].addr + off,
-                          peers_[machine].rkey, deadline);
+    st = l.qp->post_write(mr_.get(), std::span<const std::byte>(region_ + off, slot_stride_ * run),
+                          peers_[machine].addr + off, peers_[machine].rkey, deadline);
+    done += run;
   }
   // A broken queue pair: that machine's mirror misses entries from here on, so it must be fenced
   // (unreachable() reports it); the others go on without it.
   return st.ok() ? st : lost_link(machine, st);
-}
-
-Status RdmaLog::write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes) {
-  (void)writer;
-  return write_slot(machine, index, 8 + bytes.size(), index / options_.slot_count + 1);
 }
 
 // An appender's reservation [first, last) while it waits for room, listed for exec_impl.
@@ -418,39 +417,40 @@ Result<LogIndex> RdmaLog::append(ReplicaId replica, Batch batch, EntryVisitor ap
     }
   }
 
-  for (uint64_t k = 0; k < n; ++k) {
-    const LogIndex index = first + k;
-    std::byte* s = slot(index);
-    std::memcpy(s + kSlotHeader, batch[k].data(), batch[k].size());
-    const uint64_t meta = uint64_t{replica} << 32 | batch[k].size();
-    std::memcpy(s + 8, &meta, 8);
-    for (uint32_t m = 0; m < rdma_.machines; ++m) {
-      if (m != rdma_.machine) NRX_RETURN_IF_ERROR(write_entry(m, index, replica, batch[k]));
-    }
-    store(s, index / options_.slot_count + 1);
+  fill_slots(replica, first, batch, /*publish_here=*/true);
+  for (uint32_t m = 0; m < rdma_.machines; ++m) {
+    if (m != rdma_.machine) NRX_RETURN_IF_ERROR(write_slots(m, first, n));
   }
   return first;
+}
+
+void RdmaLog::fill_slots(ReplicaId replica, LogIndex first, Batch batch, bool publish_here) {
+  for (uint64_t k = 0; k < batch.size(); ++k) {
+    std::byte* s = slot(first + k);
+    const uint64_t meta = uint64_t{replica} << 32 | batch[k].size();
+    std::memcpy(s, &meta, 8);
+    std::memcpy(s + kSlotHeader, batch[k].data(), batch[k].size());
+    // release: the body is in place before the alive word, for our readers and for the WRITE
+    // that copies the slots (posted after this).
+    store(alive(s), publish_here ? (first + k) / options_.slot_count + 1 : 0);
+  }
 }
 
 Result<LogIndex> RdmaLog::crash_in_append_for_testing(ReplicaId replica, Batch batch, uint32_t mask) {
   NRX_RETURN_IF_ERROR(check_owned(replica));
   NRX_ASSIGN_OR_RETURN(const LogIndex first, seq_fetch_add(kTailOff, batch.size()));
-  for (uint64_t k = 0; k < batch.size(); ++k) {
-    const LogIndex index = first + k;
-    std::byte* s = slot(index);
-    std::memcpy(s + kSlotHeader, batch[k].data(), batch[k].size());
-    const uint64_t meta = uint64_t{replica} << 32 | batch[k].size();
-    std::memcpy(s + 8, &meta, 8);
-    for (uint32_t m = 0; m < rdma_.machines; ++m) {
-      if (m != rdma_.machine && (mask >> m & 1) != 0) NRX_RETURN_IF_ERROR(write_entry(m, index, replica, batch[k]));
-    }
-    if ((mask >> rdma_.machine & 1) != 0) store(s, index / options_.slot_count + 1);
-  }
+  // The slots as complete entries (the WRITEs copy them from here), then our own copy withdrawn
+  // unless |mask| names us: a test hook, with nobody reading this mirror meanwhile.
+  fill_slots(replica, first, batch, /*publish_here=*/true);
   for (uint32_t m = 0; m < rdma_.machines; ++m) {
     if (m == rdma_.machine || (mask >> m & 1) == 0) continue;
+    NRX_RETURN_IF_ERROR(write_slots(m, first, batch.size()));
     Link& l = *links_[m];
     MutexLock lock(l.mu);
     NRX_RETURN_IF_ERROR(l.qp->drain(verbs::Clock::now() + rdma_.rdma_timeout));  // they did land
+  }
+  if ((mask >> rdma_.machine & 1) == 0) {
+    for (uint64_t k = 0; k < batch.size(); ++k) store(alive(slot(first + k)), 0);
   }
   return first;
 }
@@ -481,7 +481,7 @@ Result<LogIndex> RdmaLog::exec_impl(ReplicaId replica, StoppingVisitor visitor, 
   for (; lt < tail; ++lt) {
     const std::byte* s = slot(lt);
     const uint64_t want = lt / options_.slot_count + 1;
-    if ((load(s) & ~kNoop) != want && published < lt) {
+    if ((load(alive(s)) & ~kNoop) != want && published < lt) {
       // Its appender may be waiting for room that only our progress makes: publish it first.
       NRX_RETURN_IF_ERROR(seq_write_word(ltail_off(replica), lt, /*wait=*/false));
       published = lt;
@@ -489,7 +489,7 @@ Result<LogIndex> RdmaLog::exec_impl(ReplicaId replica, StoppingVisitor visitor, 
     SpinWait wait;
     bool stop = false;
     std::chrono::steady_clock::time_point unwritten_since{};
-    while ((load(s) & ~kNoop) != want) {  // reserved, not yet written (or still in flight)
+    while ((load(alive(s)) & ~kNoop) != want) {  // reserved, not yet written (or still in flight)
       // A reservation of this object's that waits for room: its appender may be waiting for us.
       if (awaiting_count_.load(std::memory_order_acquire) != 0 && awaiting_room(lt)) {
         stop = true;
@@ -505,9 +505,9 @@ Result<LogIndex> RdmaLog::exec_impl(ReplicaId replica, StoppingVisitor visitor, 
       wait.pause();
     }
     if (stop) break;
-    if ((load(s) & kNoop) != 0) continue;  // a fenced appender's hole: nothing to apply
+    if ((load(alive(s)) & kNoop) != 0) continue;  // a fenced appender's hole: nothing to apply
     uint64_t meta = 0;
-    std::memcpy(&meta, s + 8, 8);
+    std::memcpy(&meta, s, 8);
     const uint32_t len = static_cast<uint32_t>(meta);
     const ReplicaId writer = static_cast<ReplicaId>(meta >> 32);
     if (len == 0 || len > options_.entry_size || writer >= options_.max_replicas) {
@@ -698,7 +698,7 @@ Status RdmaLog::resolve_hole(LogIndex index) {
   const uint64_t want = index / options_.slot_count + 1;
   const size_t off = slots_off_ + slot_stride_ * (index & (options_.slot_count - 1));
   std::byte* s = region_ + off;
-  if ((load(s) & ~kNoop) == want) return ok_status();
+  if ((load(alive(s)) & ~kNoop) == want) return ok_status();
   // The fenced appender's WRITEs may have reached some mirrors: a survivor that has the entry (and
   // may have applied it) decides, and everybody gets its copy. Otherwise a no-op for everybody.
   bool found = false;
@@ -717,19 +717,17 @@ Status RdmaLog::resolve_hole(LogIndex index) {
       NRX_RETURN_IF_ERROR(lost_link(m, st));
       continue;
     }
-    if ((load(buf) & ~kNoop) == want) {
-      std::memcpy(s + 8, buf + 8, slot_stride_ - 8);
-      found = (load(buf) & kNoop) == 0;
+    if ((load(alive(buf)) & ~kNoop) == want) {
+      std::memcpy(s, buf, slot_stride_ - 8);
+      found = (load(alive(buf)) & kNoop) == 0;
       if (!found) break;  // another resolver's no-op (cannot happen: only machine 0 resolves)
     }
   }
-  const uint64_t alive = found ? want : (want | kNoop);
-  uint32_t len = 0;
-  if (found) std::memcpy(&len, s + 8, 4);
+  // Our copy first (the WRITEs copy the slot from here), then every other survivor's.
+  store(alive(s), found ? want : (want | kNoop));
   for (uint32_t m = 0; m < rdma_.machines; ++m) {
-    if (m != rdma_.machine) NRX_RETURN_IF_ERROR(write_slot(m, index, found ? 8 + size_t{len} : 0, alive));
+    if (m != rdma_.machine) NRX_RETURN_IF_ERROR(write_slots(m, index, 1));
   }
-  store(s, alive);
   holes_.fetch_add(1, std::memory_order_relaxed);
   return ok_status();
 }

@@ -5,12 +5,15 @@
 // (NR's local replicas, one step further out). Machine 0 is the sequencer: its region also holds
 // the log's control words (tail, the next replica id, the active-replica mask) and the replica
 // table (each replica's ltail and its ctail proposal |started|), which the others reach with RDMA.
-//   append  one FETCH_AND_ADD on the sequencer's tail reserves the batch; each entry is written
-//           into every other machine's mirror with two posted RDMA WRITEs on the RC queue pair to
-//           that machine, body (writer, length, bytes) first and its alive word (lap + 1) last (an
-//           RC queue pair places its WRITEs in order), and into our own mirror with plain stores
-//           and a release store of the alive word. Writes are unsignalled (signalled every N):
-//           no round trip beyond the FETCH_AND_ADD. Before writing, the appender checks that the
+//   append  one FETCH_AND_ADD on the sequencer's tail reserves the batch; the entries go into our
+//           own mirror's slots (writer, length, bytes, and last a release store of the slot's
+//           alive word, lap + 1, in its final 8 bytes), and then the whole batch into every other
+//           machine's mirror with ONE posted RDMA WRITE of those slots (two where the batch wraps
+//           around the ring) on the RC queue pair to that machine: the responder places a
+//           message's bytes in address order (as it places one queue pair's WRITEs in order;
+//           what rxe and common HCAs do, beyond what the IB spec promises), so each slot's alive
+//           word lands after its body. Writes are unsignalled (signalled every N): no round trip
+//           beyond the FETCH_AND_ADD. Before writing, the appender checks that the
 //           slots are free (index < head + slot_count) against a cached head; only when that
 //           fails does it READ the replica table (one more round trip) and, while the log stays
 //           full, apply its own entries, call the lagging-replica hook and re-read. If the log is
@@ -175,10 +178,14 @@ class RdmaLog final : public Log {
   Result<uint64_t> seq_compare_swap(size_t offset, uint64_t expected, uint64_t desired) const;
   Result<uint64_t> seq_read_word(size_t offset) const;
   Status seq_write_word(size_t offset, uint64_t value, bool wait) const;
-  Status write_entry(uint32_t machine, LogIndex index, ReplicaId writer, std::span<const std::byte> bytes);
-  // Posts slot |index|'s body (|body_bytes| from the meta word on; 0: none) and then |alive| from
-  // our mirror into |machine|'s. Skips a cut-off machine; a failure cuts it off (lost_link).
-  Status write_slot(uint32_t machine, LogIndex index, size_t body_bytes, uint64_t alive);
+  // Writes |batch| into our mirror's slots from |first| on, each alive word last (0 unless
+  // |publish_here|).
+  void fill_slots(ReplicaId replica, LogIndex first, Batch batch, bool publish_here);
+  // Posts slots [first, first + n) of our mirror into |machine|'s: one WRITE (two if they wrap).
+  // Skips a cut-off machine; a failure cuts it off (lost_link).
+  Status write_slots(uint32_t machine, LogIndex first, uint64_t n);
+  std::byte* alive(std::byte* slot) const;  // a slot's alive word (its last 8 bytes)
+  const std::byte* alive(const std::byte* slot) const;
   bool cut_off(uint32_t machine) const;
   // A link failed: machine 0's is an error (returned); another machine's is cut off and reported.
   Status lost_link(uint32_t machine, const Status& why);

@@ -5,7 +5,8 @@
 # `nrx rdma ping` against VM 0: an RC queue pair on VM 0's registered memory, FETCH_AND_ADDs whose
 # every returned value is checked, a COMPARE_AND_SWAP, a WRITE read back by READs, and VM 0's
 # counter compared at the end; `nrx rdma logbench` between them (one RDMA log, logs/rdma, both
-# appending: equal digests, entries/s beside a local ring, RDMA operations per append) (guest
+# appending: equal digests, entries/s and append latency beside a shm log and a local ring, and
+# the append path's cost, checked: one FETCH_AND_ADD and one WRITE per other mirror) (guest
 # script: rxe.sh). Checks both consoles for the markers,
 # PORT_ACTIVE, the ping's OK and NRX-EXIT 0; prints the round trips (TCG: the emulation's) and the
 # elapsed time. Exit 77 (ctest SKIP_RETURN_CODE) where
@@ -98,6 +99,10 @@ grep -aE '^mirror( bakery| order)?: ' "$dir/vm0.console" | tr -d '\r' || true
 for ((i = 0; i < 2; i++)); do
   grep -aq '^nrx rdma logbench: OK' "$dir/vm$i.console" || die "vm$i: nrx rdma logbench failed (see $dir/vm$i.console)"
   grep -a '^nrx rdma logbench: ' "$dir/vm$i.console" | tr -d '\r'
+  # The append path's cost: one FETCH_AND_ADD and one posted WRITE per other mirror (a batch whose
+  # slots wrap around the ring takes two), no READ, one round trip (a rare room check aside).
+  grep -aEq '^nrx rdma logbench: append path, per append .*: 1\.00 FETCH_AND_ADD, 1\.0[0-3] WRITEs posted, 0\.0[0-3] READs, 1\.0[0-5] round trips' \
+    "$dir/vm$i.console" || die "vm$i: an append cost more than one FETCH_AND_ADD and one WRITE per mirror"
 done
 grep -aE '^\[  PASSED  \]|^\[==========\] .* ran' "$dir/vm0.console" | tr -d '\r' || true
 for ((i = 0; i < vms; i++)); do

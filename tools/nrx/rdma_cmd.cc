@@ -28,7 +28,9 @@
 #include "base/status.h"
 #include "logs/rdma/rdma_log.h"
 #include "logs/ring/ring_log.h"
+#include "logs/shm/shm_log.h"
 #include "tools/nrx/cli.h"
+#include "transport/region.h"
 #include "transport/verbs/verbs.h"
 
 namespace nrx::tools {
@@ -365,29 +367,46 @@ struct Digest {
   }
 };
 
-// The append + exec loop: batches of 8 entries of 32 bytes for |seconds|; entries appended.
+// What one log did in the loop below: entries/s and the median append latency.
+struct LoopResult {
+  uint64_t entries = 0;
+  double per_s = 0;
+  double append_us = 0;  // median over the appends
+};
+
+// The append + exec loop: batches of 8 entries of 32 bytes for |seconds| (or |appends| appends
+// without exec when nonzero: the append path alone).
 template <typename Log>
-uint64_t bench_loop(Log& log, logs::ReplicaId me, uint32_t machine, double seconds, Digest& d) {
+LoopResult bench_loop(Log& log, logs::ReplicaId me, uint32_t machine, double seconds, Digest& d, uint64_t appends = 0) {
   constexpr size_t kBatch = 8;
   std::array<std::array<uint64_t, 4>, kBatch> words{};
   std::array<std::span<const std::byte>, kBatch> batch;
   for (size_t i = 0; i < kBatch; ++i) batch[i] = std::as_bytes(std::span(words[i]));
-  uint64_t n = 0;
-  const auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-  while (Clock::now() < end) {
-    for (size_t i = 0; i < kBatch; ++i) words[i] = {uint64_t{machine} << 48 | (n + i), machine, 0, 0};
-    if (!log.append(me, batch, d).ok() || !log.exec(me, d).ok()) break;
-    n += kBatch;
+  LoopResult r;
+  std::vector<double> us;
+  const auto t0 = Clock::now();
+  const auto end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  for (uint64_t k = 0; appends != 0 ? k < appends : Clock::now() < end; ++k) {
+    for (size_t i = 0; i < kBatch; ++i) words[i] = {uint64_t{machine} << 48 | (r.entries + i) | 1ull << 40, machine, 0, 0};
+    const auto a = Clock::now();
+    if (!log.append(me, batch, d).ok()) break;
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - a).count());
+    if (appends == 0 && !log.exec(me, d).ok()) break;
+    r.entries += kBatch;
   }
-  return n;
+  r.per_s = static_cast<double>(r.entries) / std::chrono::duration<double>(Clock::now() - t0).count();
+  r.append_us = us.empty() ? 0 : median_us(us);
+  return r;
 }
 
 int logbench(const std::vector<std::string>& args) {
   cli::Command cmd("rdma logbench",
                    "Two machines share one RDMA log (logs/rdma): both append batches and apply the log for\n"
-                   "--seconds, then compare digests; prints entries/s beside a local ring log on the same\n"
-                   "machine, and the RDMA operations per append. The --listen side is machine 0 (the\n"
-                   "sequencer). Under soft-RoCE in TCG guests the figures measure the protocol, not RDMA hardware.");
+                   "--seconds, then compare digests; prints entries/s and the median append latency beside\n"
+                   "the same loop on a shared-memory log (logs/shm, a /dev/shm region) and on a local ring\n"
+                   "log on the same machine, and what an append costs in RDMA operations and round trips\n"
+                   "(measured on 100 appends alone). The --listen side is machine 0 (the sequencer). Under\n"
+                   "soft-RoCE in TCG guests the figures measure the protocol, not RDMA hardware.");
   peer_options(cmd, "120");
   cmd.option("seconds", "S", "how long both append", "2");
   if (Status st = cmd.parse(args); !st.ok()) return cli::fail(cmd, st);
@@ -416,17 +435,29 @@ int logbench(const std::vector<std::string>& args) {
   if (!log.ok()) return die(log.status());
   std::printf("nrx rdma logbench: machine %u of 2 on %s\n", machine, (*log)->context().describe().c_str());
   std::fflush(stdout);
-  // The baseline: the same loop on a local ring log.
-  double ring_rate = 0;
+  // The baselines: the same loop on a local ring log and on a shared-memory log (coherent mode,
+  // one machine, in a /dev/shm region).
+  LoopResult ring_r, shm_r;
   {
     auto ring = logs::RingLog::create(lo);
     if (!ring.ok()) return die(ring.status());
     auto me = (*ring)->register_replica();
     if (!me.ok()) return die(me.status());
     Digest d;
-    const auto t0 = Clock::now();
-    const uint64_t n = bench_loop(**ring, *me, machine, static_cast<double>(*secs), d);
-    ring_rate = static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
+    ring_r = bench_loop(**ring, *me, machine, static_cast<double>(*secs), d);
+  }
+  {
+    const logs::ShmOptions so{};
+    const uint64_t bytes = (logs::ShmLog::region_bytes(lo, so) + 4095) / 4096 * 4096;  // whole pages
+    auto region = transport::Region::create_file("/dev/shm/nrx-rdma-logbench-" + std::to_string(getpid()), bytes,
+                                                 {.replace_existing = true, .unlink_on_close = true});
+    if (!region.ok()) return die(region.status());
+    auto shm = logs::ShmLog::create(region->bytes(), lo, so);
+    if (!shm.ok()) return die(shm.status());
+    auto me = (*shm)->register_replica();
+    if (!me.ok()) return die(me.status());
+    Digest d;
+    shm_r = bench_loop(**shm, *me, machine, static_cast<double>(*secs), d);
   }
 
   auto fd = open_line(*pa);
@@ -455,11 +486,25 @@ int logbench(const std::vector<std::string>& args) {
     if (Status st = line.send("registered"); !st.ok()) return die(st);
   }
   Digest d;
+  const LoopResult rdma_r = bench_loop(**log, *me, machine, static_cast<double>(*secs), d);
+  // The append path alone: 100 appends (800 entries per machine: room in a 4096-slot log once
+  // both applied the loop's entries) without exec, counted.
+  // Catch up, then wait for the other: twice, so that both applied every entry of both loops
+  // (after the first round the other's loop has ended too) and the appends never wait for room.
+  for (int round = 0; round < 2; ++round) {
+    for (;;) {
+      const logs::LogIndex t = (*log)->tail();
+      auto lt = (*log)->exec(*me, d);
+      if (!lt.ok()) return die(lt.status());
+      if (*lt >= t) break;
+    }
+    if (Status st = line.send("caught-up"); !st.ok()) return die(st);
+    if (auto r = line.receive(deadline); !r.ok()) return die(r.status());
+  }
   const logs::RdmaCounts c0 = (*log)->counts();
-  const auto t0 = Clock::now();
-  const uint64_t n = bench_loop(**log, *me, machine, static_cast<double>(*secs), d);
-  const double rate = static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
+  const LoopResult path_r = bench_loop(**log, *me, machine, 0, d, /*appends=*/100);
   const logs::RdmaCounts c1 = (*log)->counts();
+  const uint64_t n = rdma_r.entries;
   std::array<uint64_t, 4> marker{Digest::kDone, machine, 0, 0};
   const std::array<std::span<const std::byte>, 1> done{std::as_bytes(std::span(marker))};
   if (auto r = (*log)->append(*me, done, d); !r.ok()) return die(r.status());
@@ -475,11 +520,16 @@ int logbench(const std::vector<std::string>& args) {
   if (!other.ok()) return die(other.status());
   const std::string mine = "digest=" + std::to_string(d.digest) + " entries=" + std::to_string(d.entries);
   const double appends = static_cast<double>(std::max<uint64_t>(c1.appends - c0.appends, 1));
-  std::printf("nrx rdma logbench: machine %u appended %llu entries; rdma log %.0f entries/s, local ring %.0f entries/s "
-              "(ratio %.4f)\n",
-              machine, static_cast<unsigned long long>(n), rate, ring_rate, rate / std::max(ring_rate, 1e-9));
-  std::printf("nrx rdma logbench: per append (batch of 8): %.2f FETCH_AND_ADD, %.2f WRITEs posted, %.2f READs, "
-              "%.2f completions waited for (exec included)\n",
+  std::printf("nrx rdma logbench: machine %u appended %llu entries in the loop; entries/s: rdma log %.0f, shm log "
+              "%.0f, local ring %.0f (rdma/shm %.4f, rdma/ring %.4f)\n",
+              machine, static_cast<unsigned long long>(n), rdma_r.per_s, shm_r.per_s, ring_r.per_s,
+              rdma_r.per_s / std::max(shm_r.per_s, 1e-9), rdma_r.per_s / std::max(ring_r.per_s, 1e-9));
+  std::printf("nrx rdma logbench: median append latency (batch of 8): rdma log %.1f us, shm log %.2f us, local ring "
+              "%.2f us; the append path alone %.1f us\n",
+              rdma_r.append_us, shm_r.append_us, ring_r.append_us, path_r.append_us);
+  // One mirror besides ours: the target is 1 FETCH_AND_ADD and 1 posted WRITE per append, 1 round trip.
+  std::printf("nrx rdma logbench: append path, per append (batch of 8, 1 other mirror): %.2f FETCH_AND_ADD, %.2f "
+              "WRITEs posted, %.2f READs, %.2f round trips (completions waited for)\n",
               static_cast<double>(c1.fetch_adds - c0.fetch_adds) / appends,
               static_cast<double>(c1.writes - c0.writes) / appends, static_cast<double>(c1.reads - c0.reads) / appends,
               static_cast<double>(c1.waits - c0.waits) / appends);
