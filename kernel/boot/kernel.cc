@@ -560,6 +560,18 @@ struct Kernel::Impl {
     return std::unique_ptr<nr::ScanOrder>(std::move(order));
   }
 
+  // kShm, kRdma: NR-FS (its logs from make_log("fs"), scans ordered across the machines by
+  // |order|) and the process table (make_log("proc")), shared by every machine's replicas.
+  template <typename L, typename MakeLog>
+  Status boot_shared(fs::FsOptions fo, const logs::LogOptions& lo, uint32_t total_nodes, uint32_t cpn,
+                     std::unique_ptr<nr::ScanOrder> order, MakeLog make_log) {
+    fo.max_replicas = total_nodes;
+    NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<L>::create_with(*memory, fo, make_log("fs"), std::move(order)));
+    fs = std::make_unique<FsPortImpl<L>>(std::move(nrfs));
+    NRX_ASSIGN_OR_RETURN(table, TablePortImpl<L>::create(lo, make_log("proc"), nodes, total_nodes, cpn));
+    return ok_status();
+  }
+
   void nudge_node(uint32_t node) {
     if (node >= nodes) return;
     const uint32_t k = nudge_rr.fetch_add(1, std::memory_order_relaxed) % cores_per_node;
@@ -940,16 +952,11 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
   lo.max_replicas = std::max<uint32_t>(logs::kMinMaxReplicas, total_nodes);
   fs::FsOptions fo{.logs = options.fs_logs, .replica_pools = pools, .log_slots = options.log_slots};
   if (rdma) {
-    // As kShm below, over RDMA: the scan order first, then NR-FS's logs, then the table's (every
-    // machine connects them in this order).
-    fo.max_replicas = total_nodes;
+    // Over RDMA: the scan order's mirror first, then NR-FS's logs, then the table's (every machine
+    // connects them in this order).
     NRX_ASSIGN_OR_RETURN(std::unique_ptr<nr::ScanOrder> order, impl->rdma_scan_order());
-    NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<logs::RdmaLog>::create_with(*impl->memory, fo,
-                                                                               impl->rdma_log_creator("fs"),
-                                                                               std::move(order)));
-    impl->fs = std::make_unique<FsPortImpl<logs::RdmaLog>>(std::move(nrfs));
-    NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::RdmaLog>::create(lo, impl->rdma_log_creator("proc"),
-                                                                           impl->nodes, total_nodes, cpn));
+    NRX_RETURN_IF_ERROR(impl->boot_shared<logs::RdmaLog>(fo, lo, total_nodes, cpn, std::move(order),
+                                                          [&](std::string n) { return impl->rdma_log_creator(n); }));
   } else if (!shm) {
     NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::RingLog>::create(lo, impl->ring_log_creator(), impl->nodes,
                                                                            total_nodes, cpn));
@@ -959,15 +966,10 @@ Result<std::unique_ptr<Kernel>> Kernel::create(const KernelOptions& options) {
   } else {
     // Every machine's replicas share NR-FS's logs. Its namespace operations are CNR scans, ordered
     // across the kernel processes by a scan order in shared memory (nr::SharedScanOrder).
-    fo.max_replicas = total_nodes;
     NRX_RETURN_IF_ERROR(impl->open_shm_region());
     NRX_ASSIGN_OR_RETURN(std::unique_ptr<nr::ScanOrder> order, impl->shm_scan_order());
-    NRX_ASSIGN_OR_RETURN(auto nrfs, fs::FileSystem<logs::ShmLog>::create_with(*impl->memory, fo,
-                                                                              impl->shm_log_creator("fs"),
-                                                                              std::move(order)));
-    impl->fs = std::make_unique<FsPortImpl<logs::ShmLog>>(std::move(nrfs));
-    NRX_ASSIGN_OR_RETURN(impl->table, TablePortImpl<logs::ShmLog>::create(lo, impl->shm_log_creator("proc"),
-                                                                          impl->nodes, total_nodes, cpn));
+    NRX_RETURN_IF_ERROR(impl->boot_shared<logs::ShmLog>(fo, lo, total_nodes, cpn, std::move(order),
+                                                         [&](std::string n) { return impl->shm_log_creator(n); }));
     if (!options.shm.attach) impl->shm_dir->seal();  // every window is in place: others may attach
   }
   // Replica ids on the shared logs -> local nodes (the hooks' nudges). NR-FS's replicas register on

@@ -17,6 +17,7 @@ namespace {
 
 // The sequencer's control words (every region has them; only machine 0's are used).
 constexpr size_t kTailOff = 0, kNextReplicaOff = 8, kActiveOff = 16;
+constexpr size_t kLeftOff = 24;  // a bit per machine that has closed its object (see ~RdmaLog)
 constexpr size_t kTableOff = 64;  // replica r: ltail at kTableOff + 24 r, started at + 8, owner at + 16
 // A slot: meta word (writer << 32 | length), the bytes, and LAST its alive word (lap + 1; 0: never
 // written) in the slot's final 8 bytes. One RDMA WRITE carries a whole batch of slots into a
@@ -97,6 +98,21 @@ RdmaLog::RdmaLog(const LogOptions& options, const RdmaOptions& rdma)
     : options_(options), rdma_(rdma), owned_(options.max_replicas), local_ltail_(options.max_replicas) {}
 
 RdmaLog::~RdmaLog() {
+  // Machine 0 holds the tail and the table that every other machine's execs read: it goes last.
+  // The others say they left (one FETCH_AND_ADD of their bit; nothing of theirs touches the log
+  // afterwards), and machine 0 waits for every machine it has not cut off, at most rdma_timeout.
+  if (connected_ && rdma_.machines > 1) {
+    if (rdma_.machine != 0) {
+      (void)seq_fetch_add(kLeftOff, uint64_t{1} << rdma_.machine);
+    } else {
+      const uint64_t all = (uint64_t{1} << rdma_.machines) - 1;
+      SpinWait wait(rdma_.rdma_timeout);
+      while (((load(region_ + kLeftOff) | cut_off_.load(std::memory_order_acquire) | 1) & all) != all &&
+             !wait.expired()) {
+        wait.pause();
+      }
+    }
+  }
   links_.clear();  // queue pairs before the region's registration, the region before the context
   mr_.reset();
   if (region_ != nullptr) munmap(region_, region_bytes_);
@@ -173,6 +189,7 @@ Status RdmaLog::connect(std::span<const verbs::Endpoint> from_peers) {
     NRX_RETURN_IF_ERROR(l.qp->connect(e));
     peers_[m] = e;
   }
+  connected_ = true;
   return ok_status();
 }
 
@@ -571,6 +588,12 @@ Result<PayloadRef> RdmaLog::payload_put(std::span<const std::byte> data) {
     store(p + kGenOff, gen);
     store(p + kLenOff, data.size());
     store(p + kHoldersOff, t.active);  // last (release): the slot is in use from here
+    // A copy into every other machine's cache slot for it, posted before the entry that refers
+    // to it (the same queue pair, which places in order): payload_get reads locally, and the
+    // payload outlives its owner (a fenced machine's entries apply alike everywhere).
+    for (uint32_t m = 0; m < rdma_.machines; ++m) {
+      if (m != rdma_.machine) NRX_RETURN_IF_ERROR(push_payload(m, s, data.size()));
+    }
     return PayloadRef{uint64_t{rdma_.machine} << 32 | s, static_cast<uint32_t>(data.size()),
                       static_cast<uint32_t>(gen)};
   }
@@ -582,23 +605,12 @@ Result<std::span<const std::byte>> RdmaLog::payload_get(PayloadRef ref) const {
   if (m >= rdma_.machines || s >= options_.payload_slots || ref.length == 0 || ref.length > rdma_.payload_bytes) {
     return Status::not_found("not a payload reference of this log");
   }
-  const std::byte* p = region_ + payload_off_ + payload_stride_ * s;
-  if (m != rdma_.machine && cut_off(m)) {
-    return Status::unavailable("payload of machine " + std::to_string(m) + ", which was fenced or is unreachable");
-  }
-  if (m != rdma_.machine) {
-    // Another machine's: READ its header and bytes into our cache slot for it. Two gets of one
-    // reference write the same bytes there; another generation comes only after every holder,
-    // ours included, released this one.
-    std::byte* c = region_ + cache_off_ + payload_stride_ * (size_t{m} * options_.payload_slots + s);
-    Link& l = *links_[m];
-    MutexLock link_lock(l.mu);
-    n_reads_.fetch_add(1, std::memory_order_relaxed);
-    NRX_RETURN_IF_ERROR(l.qp->read(*mr_, std::span<std::byte>(c, kPayloadHeader + ref.length),
-                                   peers_[m].addr + payload_off_ + payload_stride_ * s, peers_[m].rkey,
-                                   verbs::Clock::now() + rdma_.rdma_timeout));
-    p = c;
-  }
+  // Ours in place; another machine's in our cache slot for it, where its payload_put wrote a copy
+  // before the entry that refers to it reached us (another generation comes only after every
+  // holder, ours included, released this one).
+  const std::byte* p = m == rdma_.machine
+                           ? region_ + payload_off_ + payload_stride_ * s
+                           : region_ + cache_off_ + payload_stride_ * (size_t{m} * options_.payload_slots + s);
   const uint64_t holders = load(p + kHoldersOff);
   if (holders == 0 || load(p + kReleasedOff) == holders || load(p + kGenOff) != ref.generation ||
       load(p + kLenOff) != ref.length) {
@@ -659,6 +671,19 @@ uint64_t RdmaLog::payloads_live() const {
     if (holders != 0 && !all_released(holders, load(p + kReleasedOff))) ++n;
   }
   return n;
+}
+
+Status RdmaLog::push_payload(uint32_t machine, uint32_t slot, size_t length) {
+  if (cut_off(machine)) return ok_status();
+  Link& l = *links_[machine];
+  MutexLock lock(l.mu);
+  n_writes_.fetch_add(1, std::memory_order_relaxed);
+  const size_t from = payload_off_ + payload_stride_ * slot;
+  const size_t to = cache_off_ + payload_stride_ * (size_t{rdma_.machine} * options_.payload_slots + slot);
+  Status st = l.qp->post_write(mr_.get(), std::span<const std::byte>(region_ + from, kPayloadHeader + length),
+                               peers_[machine].addr + to, peers_[machine].rkey,
+                               verbs::Clock::now() + rdma_.rdma_timeout);
+  return st.ok() ? st : lost_link(machine, st);
 }
 
 bool RdmaLog::all_released(uint64_t holders, uint64_t released) const {

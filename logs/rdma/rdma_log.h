@@ -34,10 +34,13 @@
 //           for it: the only departure from "exec applies up to the tail it read".
 //   head, ctail  READ of the replica table (min ltail, max started over the active replicas).
 //   payloads  a payload lives in its putter's region (an arena of payload_slots slots of
-//           RdmaOptions::payload_bytes); a reference names (machine, slot, generation). Another
-//           machine READs it into a local cache slot. A slot's header holds its holders mask (the
-//           replicas active at put) and a released mask that each holder sets with one
-//           FETCH_AND_ADD of its bit; the slot is free once released == holders.
+//           RdmaOptions::payload_bytes); a reference names (machine, slot, generation). payload_put
+//           also posts a copy (one WRITE per other machine) into each machine's cache slot for
+//           it, before the entry that refers to it (same queue pair, in order): payload_get
+//           reads locally, with no round trip, and a payload outlives its owner. A slot's header
+//           holds its holders mask (the replicas active at put) and a released mask that each
+//           holder sets with one FETCH_AND_ADD of its bit; the slot is free once released ==
+//           holders.
 // Every atomic on a region word goes through RDMA, also the owner's own (a loopback queue pair):
 // RDMA atomics are not atomic with respect to CPU atomics on the same word.
 //
@@ -54,14 +57,16 @@
 // fencing happened, the sequencer's exec resolves a slot that stays unwritten for hole_grace, by
 // READing it from the other survivors' mirrors (m's WRITEs may have reached some of them, which
 // may have applied it: then that entry is written to everybody) or, when none has it, by writing a
-// no-op (the alive word with kNoop; exec skips it) into every mirror. m's payloads are lost with
-// it (payload_get says kUnavailable) and its replicas' holds on others' payloads count as
-// released. Limits: the sequencer (machine 0) is not survived; a live appender stalled between
-// its FETCH_AND_ADD and its WRITEs for longer than hole_grace after a fencing would see its entry
+// no-op (the alive word with kNoop; exec skips it) into every mirror. m's payloads stay readable
+// (every machine has its copy) and its replicas' holds on others' payloads count as released.
+// Limits: the sequencer (machine 0) is not survived; a live appender stalled between its
+// FETCH_AND_ADD and its WRITEs for longer than hole_grace after a fencing would see its entry
 // resolved as a no-op on some mirrors (the kernel sets hole_grace to the cluster's lease: such a
-// stall also loses the lease); a survivor that applied an entry whose payload it READ before m
-// died, while another survivor could no longer READ it, diverges (the write fails there); no
-// state transfer, no second sequencer.
+// stall also loses the lease); an entry of m's that the sequencer copies from one survivor to
+// another carries no payload copy with it (if m died between its payload WRITEs, a survivor may
+// lack the payload: that write fails there); no state transfer, no second sequencer. A closing
+// object on machine 0 waits (at most rdma_timeout) until every machine it has not cut off closed
+// its own: the others' execs read machine 0's tail until they stop.
 //
 // Set-up is two-phase, so any channel can carry the endpoints (the cluster's control plane; a TCP
 // line in `nrx rdma logbench`): create() makes the region and one queue pair per peer, endpoint()
@@ -191,6 +196,8 @@ class RdmaLog final : public Log {
   Status lost_link(uint32_t machine, const Status& why);
   Status resolve_hole(LogIndex index);  // the sequencer, after a fencing
   bool all_released(uint64_t holders, uint64_t released) const;
+  // Posts payload slot |slot| (header and |length| bytes) into |machine|'s cache slot for us.
+  Status push_payload(uint32_t machine, uint32_t slot, size_t length);
   // exec up to min(tail, limit) (append's apply_own stops below its own reservation).
   Result<LogIndex> exec_impl(ReplicaId replica, StoppingVisitor visitor, LogIndex limit);
   Status check_owned(ReplicaId replica) const;
@@ -212,7 +219,8 @@ class RdmaLog final : public Log {
   std::atomic<uint32_t> fenced_{0};       // machines fence_machine() was called for
   std::atomic<uint64_t> fenced_replicas_{0};
   std::atomic<uint64_t> holes_{0};
-  std::atomic<uint32_t> registered_here_{0};  // replica_base: registrations made through this object
+  std::atomic<uint32_t> registered_here_{0};
+  bool connected_ = false;  // connect() succeeded (the destructor's leaving protocol)  // replica_base: registrations made through this object
   std::vector<std::atomic<bool>> owned_;  // [replica]: registered through this object
   std::vector<std::atomic<uint64_t>> local_ltail_;  // [replica] (this object's replicas)
   mutable std::atomic<uint64_t> cached_head_{0};

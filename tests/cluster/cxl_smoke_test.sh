@@ -9,33 +9,13 @@
 #   tests/cluster/cxl_smoke_test.sh [--bin PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
-dir="$root/build/cluster/cxl"
-image="$root/build/guest"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init cxl_smoke_test cxl
+parse_options "$@"
 
-die() { printf 'cxl_smoke_test: %s\n' "$*" >&2; exit 1; }
-while (($#)); do
-  case "$1" in
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
-
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-if ! command -v cxl >/dev/null || ! command -v ndctl >/dev/null; then
-  echo "SKIP: the guest image needs the cxl and ndctl tools (apt-get install ndctl)"
-  exit 77
-fi
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_qemu
+need_cxl_tools
+need_binary "$bin" nrx
 
 vm=("$root/deploy/vm.sh")
 magic="NRX-CXL-SMOKE-$$-$RANDOM"
@@ -73,5 +53,5 @@ grep -aq "cxl-smoke: read $magic" "$dir/vm1.console" || die "vm1 did not read th
 [[ "$host_read" == "$magic" ]] || die "the host file has '$host_read' at offset $offset, not '$magic'"
 [[ ! -e "$shm_path" ]] || die "down left the shm file $shm_path"
 for i in 0 1; do [[ ! -e "$dir/vm$i.lsa" ]] || die "down left the label-storage file $dir/vm$i.lsa"; done
-if pgrep -f "file:$dir/vm[0-9]*.console" >/dev/null; then die "QEMU processes of $dir still run after down"; fi
-echo "cxl_smoke_test: passed in $((SECONDS - start)) s: vm1 read vm0's '$magic' through CXL (/dev/dax0.0), the host at offset $offset of $shm_path"
+check_qemu_gone "$dir" down
+say "passed in $((SECONDS - start)) s: vm1 read vm0's '$magic' through CXL (/dev/dax0.0), the host at offset $offset of $shm_path"

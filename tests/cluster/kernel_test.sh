@@ -9,32 +9,14 @@
 #   tests/cluster/kernel_test.sh [--vms N] [--bin PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
-dir="$root/build/cluster/kernel"
-image="$root/build/guest"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init kernel_test kernel
 vms=2
-
-die() { printf 'kernel_test: %s\n' "$*" >&2; exit 1; }
-while (($#)); do
-  case "$1" in
-    --vms) vms="${2:?--vms needs a number}"; shift ;;
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
+parse_options "$@"
 [[ "$vms" =~ ^[0-9]+$ && "$vms" -ge 2 ]] || die "--vms must be a number >= 2"
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_qemu
+need_binary "$bin" nrx
 
 start=$SECONDS
 # The kernel's logs need about 280 MiB of the region (4 NR-FS logs with their payload arenas).
@@ -60,6 +42,6 @@ for sub in proc fs; do
   done
   distinct=$(sort -u <<<"${all%$'\n'}" | wc -l)
   [[ "$distinct" -eq 1 ]] || die "the VMs' $sub digests differ: $(tr '\n' ' ' <<<"$all")"
-  echo "kernel_test: $sub digest $(head -n 1 <<<"$all") on all $vms VMs"
+  say "$sub digest $(head -n 1 <<<"$all") on all $vms VMs"
 done
-echo "kernel_test: passed in $((SECONDS - start)) s: $vms VMs agree on the shared process table and NR-FS"
+say "passed in $((SECONDS - start)) s: $vms VMs agree on the shared process table and NR-FS"

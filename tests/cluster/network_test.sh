@@ -10,38 +10,17 @@
 #   tests/cluster/network_test.sh [--vms N] [--bin PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
-dir="$root/build/cluster/network"
-image="$root/build/guest"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init network_test network
 vms=3
 port=7700
-
-die() { printf 'network_test: %s\n' "$*" >&2; exit 1; }
-while (($#)); do
-  case "$1" in
-    --vms) vms="${2:?--vms needs a number}"; shift ;;
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
+parse_options "$@"
 [[ "$vms" =~ ^[0-9]+$ && "$vms" -ge 2 && "$vms" -le 245 ]] || die "--vms must be a number from 2 to 245"
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-if ((EUID != 0)) || ! command -v ip >/dev/null || [[ ! -c /dev/net/tun ]]; then
-  echo "SKIP: --net private needs root, iproute2 and /dev/net/tun"
-  exit 77
-fi
+need_qemu
+need_vm_network
 command -v python3 >/dev/null || { echo "SKIP: the host-side listener needs python3"; exit 77; }
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_binary "$bin" nrx
 dir="$(realpath -m "$dir")"
 vm=("$root/deploy/vm.sh")
 
@@ -162,7 +141,7 @@ until [[ -f "$dir/listener.ready" ]]; do
   ((SECONDS < deadline)) || die "the listener did not listen on 10.77.0.1:$port within 15 s"
   sleep 0.05
 done
-echo "network_test: listener on 10.77.0.1:$port in namespace $netns"
+say "listener on 10.77.0.1:$port in namespace $netns"
 
 wait_rc=0
 "${vm[@]}" wait --dir "$dir" --timeout 120 || wait_rc=$?
@@ -183,5 +162,5 @@ listener=""
 trap - EXIT
 "${vm[@]}" down --dir "$dir" || die "deploy/vm.sh down failed"
 if ip netns list | awk '{ print $1 }' | grep -qxF "$netns"; then die "the namespace $netns still exists after down"; fi
-if pgrep -f "file:$dir/vm[0-9]*.console" >/dev/null; then die "QEMU processes of $dir still run after down"; fi
-echo "network_test: passed in $((SECONDS - start)) s: $vms VMs pinged the host and each other, the listener got $got"
+check_qemu_gone "$dir" down
+say "passed in $((SECONDS - start)) s: $vms VMs pinged the host and each other, the listener got $got"

@@ -13,49 +13,23 @@
 #   tests/cluster/rack_test.sh [--bin PATH] [--dir DIR] [--image DIR] [--vms N]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
-dir="$root/build/cluster/rack"
-image="$root/build/guest"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init rack_test rack
 vms=3
-
-die() { printf 'rack_test: FAILED: %s\n' "$*" >&2; exit 1; }
-note() { printf 'rack_test: %s\n' "$*" >&2; }
-while (($#)); do
-  case "$1" in
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    --vms) vms="${2:?--vms needs a number}"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
+parse_options "$@"
 [[ "$vms" =~ ^[0-9]+$ && "$vms" -ge 3 ]] || die "--vms must be a number >= 3 (one is killed)"
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-if [[ $(id -u) -ne 0 || ! -c /dev/net/tun ]] || ! command -v ip >/dev/null; then
-  echo "SKIP: the VM network needs root, ip (iproute2) and /dev/net/tun"
-  exit 77
-fi
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_qemu
+need_vm_network
+need_binary "$bin" nrx
 
 nrx() { "$bin" "$@"; }
 cl=(--dir "$dir")
-cleanup() { NRX_BIN="$bin" "$root/deploy/cluster.sh" down --dir "$dir" --bin "$bin" >/dev/null 2>&1 || true; }
-trap 'rc=$?; cleanup; exit $rc' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cluster_down_on_exit
 rm -rf "$dir"
 start=$SECONDS
 
 # 1. Up: every machine joins.
-NRX_BIN="$bin" "$root/deploy/cluster.sh" up --nodes "$vms" --dir "$dir" --bin "$bin" --image "$image" \
-  --timeout 240 || die "nrx cluster up failed (logs in $dir)"
+cluster_sh up --nodes "$vms" --image "$image" --timeout 240 || die "nrx cluster up failed (logs in $dir)"
 up_s=$((SECONDS - start))
 status="$(nrx cluster status "${cl[@]}")" || die "nrx cluster status failed"
 [[ $(grep -c ' live ' <<<"$status") -eq "$vms" ]] || die "not every machine is live: $status"
@@ -79,11 +53,7 @@ note "a wrong secret is refused: ${out##*: }"
 # 3. The key-value workload with writes from every VM.
 run1="$(nrx cluster run kv "${cl[@]}" --seconds 3 --timeout 240)" || die "nrx cluster run kv failed: $run1"
 printf '%s\n' "$run1"
-[[ $(grep -cE '^[0-9]+ +[0-9]+ +nrx-vm[0-9]+ +ok ' <<<"$run1") -eq "$vms" ]] || die "not every machine reported ok"
-grep -q 'has the same digests' <<<"$run1" || die "the digests differ"
-for ((i = 0; i < vms; i++)); do
-  grep -Eq " nrx-vm$i +ok +[1-9][0-9]* " <<<"$run1" || die "vm$i made no NR-FS calls"
-done
+check_kv_run "$run1" "$vms"
 
 # 3b. logbench: the shared log's append/exec rate beside a local ring on every machine, and the
 # log applied identically everywhere.
@@ -93,35 +63,7 @@ grep -q 'has the same digests' <<<"$bench" || die "the machines applied differen
 grep -q '^median shm/ring ratio [0-9.]* over '"$vms"' machines' <<<"$bench" || die "logbench printed no ratio"
 
 # 4. Kill a VM mid-run: machine 1 of the run (not machine 0, which formats the region).
-victim="$(nrx cluster status "${cl[@]}" | awk '$1 == 1 {print $2}')"
-[[ "$victim" =~ ^nrx-vm[0-9]+$ ]] || die "cannot tell which VM is node 1"
-vpid="$(cat "$dir/vms/${victim#nrx-}.pid")"
-nrx cluster run kv "${cl[@]}" --seconds 12 --timeout 300 >"$dir/run2.out" 2>&1 &
-runner=$!
-deadline=$((SECONDS + 120))
-until nrx cluster status "${cl[@]}" | grep -Eq "^1 +$victim +live .* RUNNING "; do
-  ((SECONDS < deadline)) || die "node 1 never started running"
-  kill -0 "$runner" 2>/dev/null || die "the run ended before node 1 ran: $(cat "$dir/run2.out")"
-  sleep 0.2
-done
-# Let it log for a moment (a condition, not a time: node 1 has made calls).
-until nrx cluster status "${cl[@]}" | grep -Eq "^1 +$victim +live +[0-9.]+ +[0-9.]+ s +RUNNING +[1-9]"; do
-  ((SECONDS < deadline)) || die "node 1 made no calls"
-  sleep 0.2
-done
-kill -KILL "$vpid"
-killed=$SECONDS
-note "killed $victim (QEMU pid $vpid) mid-run"
-set +e
-wait "$runner"
-rc=$?
-set -e
-cat "$dir/run2.out"
-[[ $rc -eq 0 ]] || die "the run with a killed VM failed (rc $rc)"
-grep -Eq "^1 +1 +$victim +fenced " "$dir/run2.out" || die "$victim was not reported fenced"
-[[ $(grep -cE '^[0-9]+ +[0-9]+ +nrx-vm[0-9]+ +ok ' "$dir/run2.out") -eq $((vms - 1)) ]] || die "not every survivor reported ok"
-grep -q 'has the same digests' "$dir/run2.out" || die "the survivors' digests differ"
-grep -q "applied log entries on every survivor: kept" "$dir/run2.out" || die "entries the dead machine applied are missing"
+kill_node1_mid_run "$vms"
 nrx cluster status "${cl[@]}" | grep -Eq "^1 +$victim +fenced " || die "status does not show $victim fenced"
 grep -q "node 1 ($victim) FENCED" "$dir/controller.log" || die "the controller log has no fencing"
 note "fenced and finished $((SECONDS - killed)) s after the kill"
@@ -138,9 +80,7 @@ grep -qi 'cluster' <<<"$out" || die "the refusal does not name the cluster misma
 note "a region of another cluster is refused: $(grep -i 'cluster' <<<"$out" | tail -n 1)"
 
 # 6. Down: nothing is left.
-NRX_BIN="$bin" "$root/deploy/cluster.sh" down --dir "$dir" --bin "$bin" || die "nrx cluster down failed"
-trap - EXIT
+cluster_down
 [[ ! -f "$shm_path" ]] || die "the shared memory file is still there"
-if pgrep -f "file:$dir/vms/vm[0-9]*.console" >/dev/null; then die "QEMU processes still run after down"; fi
 if pgrep -f "controller.*$dir/controller.sock" >/dev/null; then die "the controller still runs after down"; fi
 note "passed in $((SECONDS - start)) s (up ${up_s} s)"

@@ -21,48 +21,28 @@
 #   tests/cluster/rxe_test.sh [--bin PATH] [--log-test PATH] [--mirror-test PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init rxe_test rxe
 log_test=""
 mirror_test=""
-dir="$root/build/cluster/rxe"
-image="$root/build/guest"
+script_option() {
+  case "$1" in
+    --log-test) log_test="${2:?--log-test needs a path}" ;;
+    --mirror-test) mirror_test="${2:?--mirror-test needs a path}" ;;
+    *) return 1 ;;
+  esac
+}
+parse_options "$@"
 vms=2
 
-say() { printf 'rxe_test: %s\n' "$*"; }
-die() { printf 'rxe_test: %s\n' "$*" >&2; exit 1; }
-while (($#)); do
-  case "$1" in
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --log-test) log_test="${2:?--log-test needs a path}"; shift ;;
-    --mirror-test) mirror_test="${2:?--mirror-test needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
-
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-if ((EUID != 0)) || ! command -v ip >/dev/null || [[ ! -c /dev/net/tun ]]; then
-  echo "SKIP: --net private needs root, iproute2 and /dev/net/tun"
-  exit 77
-fi
-provider=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)
-if [[ ! -x /usr/bin/rdma || ! -x /usr/bin/ibv_devinfo || ! -f "${provider[0]}" || ! -f /etc/libibverbs.d/rxe.driver ]]; then
-  echo "SKIP: the guest image needs rdma, ibv_devinfo and the rxe provider (apt-get install iproute2 ibverbs-utils ibverbs-providers)"
-  exit 77
-fi
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_qemu
+need_vm_network
+need_rxe_provider
+need_binary "$bin" nrx
 [[ -n "$log_test" ]] || log_test="$(dirname "$bin")/rdma_log_test"
-[[ -x "$log_test" ]] || die "no rdma_log_test binary at $log_test (build it first: ./nrx build)"
+need_binary "$log_test" rdma_log_test
 [[ -n "$mirror_test" ]] || mirror_test="$(dirname "$bin")/verbs_mirror_test"
-[[ -x "$mirror_test" ]] || die "no verbs_mirror_test binary at $mirror_test (build it first: ./nrx build)"
+need_binary "$mirror_test" verbs_mirror_test
 dir="$(realpath -m "$dir")"
 vm=("$root/deploy/vm.sh")
 
@@ -110,5 +90,5 @@ for ((i = 0; i < vms; i++)); do
   grep -a "^nrx rdma ping: " "$dir/vm$i.console" | tr -d '\r' || true
   grep -aE "^RXE-OK vm=$i " "$dir/vm$i.console" | tr -d '\r'
 done
-if pgrep -f "file:$dir/vm[0-9]*.console" >/dev/null; then die "QEMU processes of $dir still run after run"; fi
+check_qemu_gone "$dir" run
 say "passed in $((SECONDS - start)) s: $vms VMs brought up rxe0 on eth0 and ran RC verbs on each other's memory"

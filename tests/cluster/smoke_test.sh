@@ -7,29 +7,12 @@
 #   tests/cluster/smoke_test.sh [--bin PATH] [--dir DIR] [--image DIR]
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-bin="$root/build/bin/nrx"
-dir="$root/build/cluster/smoke"
-image="$root/build/guest"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+vm_test_init smoke_test smoke
+parse_options "$@"
 
-die() { printf 'smoke_test: %s\n' "$*" >&2; exit 1; }
-while (($#)); do
-  case "$1" in
-    --bin) bin="${2:?--bin needs a path}"; shift ;;
-    --dir) dir="${2:?--dir needs a directory}"; shift ;;
-    --image) image="${2:?--image needs a directory}"; shift ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
-
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "SKIP: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-  exit 77
-fi
-[[ -x "$bin" ]] || die "no nrx binary at $bin (build it first: ./nrx build)"
+need_qemu
+need_binary "$bin" nrx
 
 magic="NRX-SMOKE-$$-$RANDOM"
 start=$SECONDS
@@ -45,5 +28,5 @@ for i in 0 1; do
 done
 grep -aq "smoke: wrote $magic" "$dir/vm0.console" || die "vm0 did not write the magic string"
 grep -aq "smoke: read $magic" "$dir/vm1.console" || die "vm1 did not read the magic string"
-if pgrep -f "file:$dir/vm[0-9]*.console" >/dev/null; then die "QEMU processes of $dir still run after down"; fi
-echo "smoke_test: passed in $((SECONDS - start)) s: vm1 read vm0's '$magic' through ivshmem"
+check_qemu_gone "$dir" down
+say "passed in $((SECONDS - start)) s: vm1 read vm0's '$magic' through ivshmem"
