@@ -824,6 +824,27 @@ class ControllerRdmaTest : public ControllerRunTest {
     return c_->exchange(exchange_request(id, run, name, endpoints(name, id), timeout_ms), rep);
   }
 
+  // Machines 0 and 1 exchange "proc" from threads of their own (machine 2 does not), each result
+  // and how long it took recorded.
+  struct TwoWaiters {
+    std::vector<Status> results = std::vector<Status>(2);
+    std::vector<Clock::duration> took = std::vector<Clock::duration>(2);
+    std::vector<std::thread> threads;
+    void start(ControllerRdmaTest& test, uint64_t run, uint32_t timeout_ms) {
+      for (uint32_t id = 0; id < 2; ++id) {
+        threads.emplace_back([this, &test, run, timeout_ms, id] {
+          v1::ExchangeReply rep;
+          const Clock::time_point t0 = Clock::now();
+          results[id] = test.exchange(id, run, "proc", timeout_ms, &rep);
+          took[id] = Clock::now() - t0;
+        });
+      }
+    }
+    void join() {
+      for (std::thread& t : threads) t.join();
+    }
+  };
+
   // Every machine of |run| exchanges under |name| from a thread of its own; checks all 6 directions.
   void exchange_all(uint64_t run, const std::string& name) {
     std::vector<v1::ExchangeReply> replies(3);
@@ -971,18 +992,11 @@ TEST_F(ControllerRdmaTest, SameContentIsARetryOtherContentIsRefused) {
 
 TEST_F(ControllerRdmaTest, DeadlineNamesTheMachinesThatDidNotPost) {
   const uint64_t run = c_->start_run(run_request()).value();
-  std::vector<Status> results(2);
-  std::vector<Clock::duration> took(2);
-  std::vector<std::thread> threads;
-  for (uint32_t id = 0; id < 2; ++id) {
-    threads.emplace_back([&, id] {
-      v1::ExchangeReply rep;
-      const Clock::time_point t0 = Clock::now();
-      results[id] = exchange(id, run, "proc", 100, &rep);
-      took[id] = Clock::now() - t0;
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  TwoWaiters w;
+  w.start(*this, run, /*timeout_ms=*/100);
+  w.join();
+  const std::vector<Status>& results = w.results;
+  const std::vector<Clock::duration>& took = w.took;
   for (uint32_t id = 0; id < 2; ++id) {
     EXPECT_EQ(results[id].code(), StatusCode::kDeadlineExceeded) << results[id].to_string();
     const std::string& m = results[id].message();
@@ -999,20 +1013,13 @@ TEST_F(ControllerRdmaTest, AMachineFencedWhileOthersWaitAbortsTheExchange) {
   clock_.advance(3s);
   beat(0, run, v1::PHASE_RUNNING);
   beat(1, run, v1::PHASE_RUNNING);
-  std::vector<Status> results(2);
-  std::vector<Clock::duration> took(2);
-  std::vector<std::thread> threads;
-  for (uint32_t id = 0; id < 2; ++id) {
-    threads.emplace_back([&, id] {
-      v1::ExchangeReply rep;
-      const Clock::time_point t0 = Clock::now();
-      results[id] = exchange(id, run, "proc", 60000, &rep);
-      took[id] = Clock::now() - t0;
-    });
-  }
+  TwoWaiters w;
+  w.start(*this, run, /*timeout_ms=*/60000);
   clock_.advance(2s);  // machine 2 never beat or posted: its lease runs out
   EXPECT_EQ(c_->expire_leases(), std::vector<uint32_t>{2});
-  for (std::thread& t : threads) t.join();
+  w.join();
+  const std::vector<Status>& results = w.results;
+  const std::vector<Clock::duration>& took = w.took;
   for (uint32_t id = 0; id < 2; ++id) {
     EXPECT_EQ(results[id].code(), StatusCode::kAborted) << results[id].to_string();
     EXPECT_NE(results[id].message().find("machine 2 (node 2) was fenced"), std::string::npos) << results[id].to_string();

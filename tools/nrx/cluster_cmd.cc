@@ -290,18 +290,18 @@ v1::ReportRequest run_once(cluster::Agent& agent, const v1::RunOrder& order, con
     };
   } else {
     ko.log = boot::LogBackend::kShm;
+    ko.shm.region = cfg.region;
+    ko.shm.attach = !order.format();
+    ko.shm.machine = order.machine();
+    ko.shm.machines = order.machines();
+    ko.shm.cluster_id = order.region_cluster_id();
+    ko.shm.region_bytes = cfg.region_bytes;
+    ko.shm.noncoherent = order.noncoherent();  // machine 0 sequences the logs; the bakery orders scans
+    // The data plane fences by the same lease as the control plane.
+    ko.shm.lease = std::chrono::milliseconds(agent.joined().lease_ms());
+    // A /dev/shm file is created by machine 0 for each run: the previous run's goes first.
+    if (order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
   }
-  ko.shm.region = cfg.region;
-  ko.shm.attach = !order.format();
-  ko.shm.machine = order.machine();
-  ko.shm.machines = order.machines();
-  ko.shm.cluster_id = order.region_cluster_id();
-  ko.shm.region_bytes = cfg.region_bytes;
-  ko.shm.noncoherent = order.noncoherent();  // machine 0 sequences the logs; the bakery orders scans
-  // The data plane fences by the same lease as the control plane.
-  ko.shm.lease = std::chrono::milliseconds(agent.joined().lease_ms());
-  // A /dev/shm file is created by machine 0 for each run: the previous run's goes first.
-  if (!rdma && order.format() && cfg.region.rfind("/dev/shm/", 0) == 0) unlink(cfg.region.c_str());
   Result<std::unique_ptr<boot::Kernel>> made = boot::Kernel::create(ko);
   if (!made.ok()) return fail("boot: " + made.status().to_string());
   boot::Kernel& kernel = **made;

@@ -308,20 +308,17 @@ TEST(BakeryScanOrder, IdsAndCancellationsAreSharedBetweenParticipants) {
   EXPECT_FALSE(a->try_take_over().has_value()) << "a free lock is not taken over";
 }
 
-TEST(BakeryScanOrder, ExcludesAcrossParticipantsAndThreads) {
-  SharedBytes mem(BakeryScanOrder::kRegionBytes);
-  std::vector<std::unique_ptr<BakeryScanOrder>> objs;
-  objs.push_back(BakeryScanOrder::create(mem.span(), {}).value());
-  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(1)).value());
-  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(9)).value());
-  uint64_t inside = 0;  // plain: only ever touched under the lock (TSan checks the claim)
-  std::vector<uint64_t> order;  // ids in the order the holders took them: must increase
-  constexpr int kThreads = 6, kRounds = 1000;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      BakeryScanOrder& o = *objs[t % objs.size()];
-      for (int i = 0; i < kRounds; ++i) {
+// |threads| threads spread over |objs| (participants) each take the lock |rounds| times: a plain
+// counter only ever touched under the lock (TSan checks the claim) must count every round, and
+// the ids the holders took, in holding order, must be exactly 1..N.
+void expect_mutual_exclusion(const std::vector<std::unique_ptr<BakeryScanOrder>>& objs, int threads, int rounds) {
+  uint64_t inside = 0;
+  std::vector<uint64_t> order;
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t) {
+    running.emplace_back([&, t] {
+      BakeryScanOrder& o = *objs[static_cast<size_t>(t) % objs.size()];
+      for (int i = 0; i < rounds; ++i) {
         ASSERT_TRUE(o.lock(noop).ok());
         ++inside;
         order.push_back(o.next_id());
@@ -329,10 +326,19 @@ TEST(BakeryScanOrder, ExcludesAcrossParticipantsAndThreads) {
       }
     });
   }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(inside, uint64_t{kThreads} * kRounds);
-  ASSERT_EQ(order.size(), size_t{kThreads} * kRounds);
+  for (auto& th : running) th.join();
+  EXPECT_EQ(inside, uint64_t(threads) * uint64_t(rounds));
+  ASSERT_EQ(order.size(), size_t(threads) * size_t(rounds));
   for (size_t i = 0; i < order.size(); ++i) ASSERT_EQ(order[i], i + 1) << "the holders' sequence is not the ids'";
+}
+
+TEST(BakeryScanOrder, ExcludesAcrossParticipantsAndThreads) {
+  SharedBytes mem(BakeryScanOrder::kRegionBytes);
+  std::vector<std::unique_ptr<BakeryScanOrder>> objs;
+  objs.push_back(BakeryScanOrder::create(mem.span(), {}).value());
+  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(1)).value());
+  objs.push_back(BakeryScanOrder::attach(mem.span(), slot(9)).value());
+  expect_mutual_exclusion(objs, /*threads=*/6, /*rounds=*/1000);
 }
 
 // Processes, as machines are: each forked child is a participant with a plain counter in the
@@ -599,24 +605,7 @@ TEST(BakeryScanOrder, ExcludesAcrossMirroredCopies) {
     objs.push_back(BakeryScanOrder::create(m.copy(p), slot(4 * p), m.medium(p, 4 * p)).value());
   }
   m.connect();
-  uint64_t inside = 0;
-  std::vector<uint64_t> order;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      BakeryScanOrder& o = *objs[t % objs.size()];
-      for (int i = 0; i < kRounds; ++i) {
-        ASSERT_TRUE(o.lock(noop).ok());
-        ++inside;
-        order.push_back(o.next_id());
-        o.unlock();
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(inside, uint64_t{kThreads} * kRounds);
-  ASSERT_EQ(order.size(), size_t{kThreads} * kRounds);
-  for (size_t i = 0; i < order.size(); ++i) ASSERT_EQ(order[i], i + 1) << "the holders' sequence is not the ids'";
+  expect_mutual_exclusion(objs, kThreads, kRounds);
 }
 
 // As SharedScanOrder's: the orphan Clear of a dead participant runs first, once, on every replica.
